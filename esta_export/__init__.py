@@ -1,0 +1,3 @@
+"""esta-export: edge deployment compiler and exporter for stitched supernets."""
+
+__version__ = "0.1.0"
