@@ -1,0 +1,83 @@
+"""The one backend interface (Polygraphy-like): compile a graph, load it into a runner, describe.
+
+A backend turns one stitch's ONNX graph into an artifact for a target (``compile``) and loads
+that artifact into a :class:`Runner` whose ``infer`` takes float32 NCHW pixels and returns
+float32 logits. ``describe`` reports the runtime, its version and the capabilities that decided
+how the artifact was built, so compile.json records what produced each file.
+
+Version differences of a runtime live in one capability table inside its backend file.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, CompileError
+from ..targets import Target
+
+__all__ = ["Backend", "Runner", "CompiledArtifact", "BackendUnavailableError", "CompileError"]
+
+
+@dataclass(frozen=True)
+class CompiledArtifact:
+    """What ``compile`` produced for one graph.
+
+    ``path`` is the main file, relative to the ``out_dir`` given to ``compile``; ``files`` lists
+    every file the artifact needs (relative too), the main file included. ``built`` is False when
+    the backend could only prepare a device build (TensorRT off the device).
+    """
+    path: str
+    files: tuple[str, ...]
+    precision: str
+    built: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner(abc.ABC):
+    """A loaded artifact. ``infer`` is synchronous: it returns when the logits are on the host."""
+
+    info: dict[str, Any]
+
+    @abc.abstractmethod
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Release the runtime's resources (sessions, compiled models)."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(abc.ABC):
+    name: str = ""
+    #: Module whose presence makes the backend usable; checked without importing it.
+    module: str = ""
+
+    @abc.abstractmethod
+    def available(self) -> bool:
+        """True when the runtime can be imported here (not whether the target's device is here)."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """``{"runtime", "version", "capabilities": {...}}``; importing the runtime is allowed."""
+
+    @abc.abstractmethod
+    def compile(self, onnx_path: Path, target: Target, out_dir: Path, precision: str,
+                calibration: np.ndarray | None = None) -> CompiledArtifact: ...
+
+    @abc.abstractmethod
+    def load(self, artifact_path: Path, target: Target) -> Runner: ...
+
+    def require(self) -> None:
+        if not self.available():
+            raise BackendUnavailableError(
+                f"backend {self.name} needs the Python package {self.module!r}, not installed here",
+                hint=f"install it (pip install {self.module}) or choose a target of another backend")
