@@ -1,0 +1,129 @@
+"""Timing protocol on real ONNX Runtime sessions of tiny graphs (no timing assertions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from esta_export.errors import ProfileError
+from esta_export.profiling.harness import LatencyStats, TimingProtocol, profile_runners, warm_up
+
+
+def mlp_graph(width: int, depth: int, seed: int = 0) -> bytes:
+    """pixels [B,3,8,8] -> flatten -> depth x (MatMul width x width, Relu) -> logits [B,10]."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], [helper.make_node("Flatten", ["pixels"], ["h0"], axis=1)]
+    dims = [192] + [width] * depth + [10]
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        w = numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+                                    f"w{i}")
+        inits.append(w)
+        out = "logits" if i == len(dims) - 2 else f"m{i}"
+        nodes.append(helper.make_node("MatMul", [f"h{i}", f"w{i}"], [out]))
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
+        "pixels", TensorProto.FLOAT, ["batch", 3, 8, 8])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
+
+
+class OrtRunner:
+    def __init__(self, model: bytes) -> None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        self.calls = 0
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.session.run(["logits"], {"pixels": x})[0]
+
+
+def test_stats_from_samples_match_numpy() -> None:
+    ns = np.random.default_rng(1).integers(1_000_000, 3_000_000, size=200)
+    s = LatencyStats.from_ns(ns)
+    ms = ns / 1e6
+    assert s.n == 200
+    assert s.min == pytest.approx(ms.min()) and s.median == pytest.approx(np.median(ms))
+    assert s.p99 == pytest.approx(np.percentile(ms, 99))
+    assert s.cv == pytest.approx(ms.std(ddof=1) / ms.mean())
+    assert s.seconds == pytest.approx(ns.sum() / 1e9)
+    assert set(s.to_dict()) == {"min", "mean", "median", "p90", "p95", "p99", "std", "cv", "n",
+                                "seconds"}
+
+
+def test_protocol_reaches_count_and_time_for_every_stitch() -> None:
+    runners = {i: OrtRunner(mlp_graph(16 * (i + 1), i + 1, i)) for i in range(3)}
+    stats = profile_runners(runners, (1, 3, 8, 8), warmup_s=0.01, warmup_min=3, min_runs=7,
+                            min_seconds=0.02, cv_threshold=10.0)
+    for i, s in stats.items():
+        assert s.n >= 7 and s.seconds >= 0.02
+        assert s.min <= s.median <= s.p90 <= s.p95 <= s.p99
+        assert not s.unstable
+        # warm-up calls are not counted in the statistics
+        assert runners[i].calls >= s.n + 3
+
+
+def test_rounds_interleave_stitches() -> None:
+    order: list[str] = []
+
+    class Tracing(OrtRunner):
+        def __init__(self, name: str, model: bytes) -> None:
+            super().__init__(model)
+            self.name = name
+
+        def infer(self, x):
+            order.append(self.name)
+            return super().infer(x)
+
+    runners = {n: Tracing(n, mlp_graph(8, 1)) for n in "ABC"}
+    profile_runners(runners, (1, 3, 8, 8), warmup_s=0, warmup_min=0, min_runs=4, min_seconds=0,
+                    cv_threshold=10.0)
+    # Every round (3 consecutive calls) holds each stitch once: nothing runs twice in a row
+    # within a round, so drift spreads over all of them.
+    assert len(order) == 12
+    for k in range(0, 12, 3):
+        assert sorted(order[k:k + 3]) == ["A", "B", "C"]
+
+
+def test_unstable_stitch_is_remeasured_then_flagged() -> None:
+    class Jittery(OrtRunner):
+        """A real session plus a sleep every few calls: a disturbed machine, reproducibly."""
+
+        def infer(self, x):
+            import time
+            if self.calls % 3 == 0:
+                time.sleep(0.004)
+            return super().infer(x)
+
+    runners = {"steady": OrtRunner(mlp_graph(8, 1)), "jittery": Jittery(mlp_graph(8, 1))}
+    stats = profile_runners(runners, (1, 3, 8, 8), warmup_s=0, warmup_min=2, min_runs=12,
+                            min_seconds=0, cv_threshold=0.5, max_remeasure=2)
+    assert stats["jittery"].unstable and stats["jittery"].attempts == 3
+    assert stats["jittery"].cv > 0.5
+
+
+def test_warm_up_honours_time_and_count() -> None:
+    r = OrtRunner(mlp_graph(8, 1))
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    assert warm_up(r, x, 0.0, 5) == 5
+    assert warm_up(r, x, 0.02, 1) >= 1
+
+
+def test_protocol_from_target_and_overrides() -> None:
+    class T:
+        profile = {"min_runs": 11, "cv_threshold": 0.1}
+
+    p = TimingProtocol.from_target(T(), min_seconds=0.5)
+    assert (p.min_runs, p.cv_threshold, p.min_seconds) == (11, 0.1, 0.5)
+    assert p.settings_hash(batch=1) != p.settings_hash(batch=2)
+    with pytest.raises(ProfileError):
+        TimingProtocol.from_target(None, min_runs=0)
+    with pytest.raises(ProfileError):
+        profile_runners({"a": OrtRunner(mlp_graph(8, 1))})
