@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Example application: load this bundle, pick a stitch by latency budget, classify an image.
+
+Needs only numpy and onnxruntime (Pillow to read PNG/JPEG). Run from anywhere:
+
+    python3 app.py [IMAGE.npy|IMAGE.png] [--budget-ms 5] [--min-accuracy 0.7] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the bundled runtime: esta_runtime/
+
+import numpy as np  # noqa: E402
+
+from esta_runtime import Bundle, BundleError, NoStitchFitsError  # noqa: E402
+
+
+def load_image(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BundleError(f"reading {path.suffix} images needs Pillow",
+                          hint="pip install pillow, or pass the image as an HxWx3 uint8 .npy") from None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("image", nargs="?", type=Path, help=".npy (HxWx3) or PNG/JPEG (with Pillow)")
+    p.add_argument("--budget-ms", type=float, default=None, help="latency budget per image")
+    p.add_argument("--min-accuracy", type=float, default=None)
+    p.add_argument("--stitch", type=int, default=None, help="use this stitch id instead of selecting")
+    p.add_argument("--runs", type=int, default=20, help="timed runs after one warm-up run")
+    p.add_argument("--no-verify", action="store_true", help="skip hashing every file at open")
+    args = p.parse_args(argv)
+    try:
+        t0 = time.perf_counter()
+        bundle = Bundle.open(HERE, verify=not args.no_verify)
+        print(f"opened bundle ({len(bundle.stitches())} stitches, target "
+              f"{bundle.manifest['target']['name']}) in {(time.perf_counter() - t0) * 1e3:.1f} ms")
+        stitch = (bundle.stitch(args.stitch) if args.stitch is not None
+                  else bundle.select(latency_budget_ms=args.budget_ms, min_accuracy=args.min_accuracy))
+        t0 = time.perf_counter()
+        bundle.activate(stitch.id)
+        print(f"stitch {stitch.id} {stitch.route}: expected {stitch.latency_ms} ms "
+              f"({stitch.latency_source or 'no latency recorded'}), accuracy {stitch.accuracy} "
+              f"({stitch.accuracy_source or 'unknown'}); loaded in {(time.perf_counter() - t0) * 1e3:.1f} ms")
+        if args.image is not None:
+            image = load_image(args.image)
+        else:
+            size = bundle.input_spec["image_size"]
+            image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+            print("note: no image given, classifying random pixels (the labels mean nothing)")
+        x = bundle.preprocess(image)
+        bundle.run(x)  # warm-up
+        times = []
+        for _ in range(max(1, args.runs)):
+            t = time.perf_counter()
+            logits = bundle.run(x)
+            times.append((time.perf_counter() - t) * 1e3)
+        top = np.argsort(-logits[0])[:5]
+        labels = bundle.labels or [str(i) for i in range(logits.shape[1])]
+        exp = np.exp(logits[0] - logits[0].max())
+        probs = exp / exp.sum()
+        print("top-5: " + ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in top))
+        print(f"latency over {len(times)} runs: median {np.median(times):.3f} ms, "
+              f"min {np.min(times):.3f} ms (measured here)")
+        fastest = min(bundle.stitches(), key=lambda s: s.latency_ms if s.latency_ms is not None else 1e30)
+        bundle.load(fastest.id)
+        t = time.perf_counter()
+        bundle.activate(fastest.id)
+        print(f"switched to stitch {fastest.id} in {(time.perf_counter() - t) * 1e6:.1f} us (already loaded)")
+    except (BundleError, NoStitchFitsError) as err:
+        print(f"app: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Open a bundle, pick a stitch by budget, switch stitches at run time, run inference.
+
+Thread model: ``run`` reads the active stitch under a lock and calls the (thread-safe) ONNX
+Runtime session outside it, so inference in several threads and ``activate`` from another thread
+never block each other for longer than a pointer swap. Loading a session happens outside the
+active-pointer lock (one lock per stitch), so switching to an unloaded stitch does not stall runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import BundleError, IntegrityError, NoStitchFitsError
+from .integrity import resolve_inside, sha256_file, verify_all
+from .manifest import load_manifest
+from .preprocess import preprocess as _preprocess
+from .preprocess import softmax
+from .weights import SharedWeights
+
+
+@dataclass(frozen=True)
+class Stitch:
+    id: int
+    route: str
+    latency_ms: float | None  # the statistic select() uses (median by default)
+    latency_source: str | None  # "measured" or "predicted"
+    accuracy: float | None
+    accuracy_source: str | None
+    flops: int | None
+    params: int | None
+    info: dict = field(repr=False, compare=False, default_factory=dict)
+
+
+class Bundle:
+    """A deployed stitch family. Open with :meth:`Bundle.open`."""
+
+    def __init__(self, root: Path, manifest: dict, *, share_weights: bool, providers, threads,
+                 latency_stat: str) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.input_spec: dict = manifest["input"]
+        self.labels: list[str] | None = self.input_spec.get("labels")
+        self.share_weights = share_weights
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        self.latency_stat = latency_stat
+        self._entries = {int(s["id"]): s for s in manifest["stitches"]}
+        self._sessions: dict[int, object] = {}
+        self._load_locks = {sid: threading.Lock() for sid in self._entries}
+        self._active_lock = threading.Lock()
+        self._active: tuple[int, object] | None = None
+        self._weights: SharedWeights | None = None
+        w = manifest.get("weights")
+        if share_weights and w and w.get("index"):
+            import json
+
+            index = json.loads(resolve_inside(root, w["index"]).read_text())
+            self._weights = SharedWeights(index, resolve_inside(root, w["file"]))
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, verify: bool = True, load: str = "lazy",
+             share_weights: bool = True, providers: Iterable[str] | None = None,
+             threads: int | None = None, latency_stat: str = "median") -> "Bundle":
+        """Open the bundle at ``path``.
+
+        verify: hash every file against the manifest first (a flipped byte raises IntegrityError
+        naming the file); each stitch graph is re-hashed when it loads either way.
+        load: "lazy" (sessions on first use) or "all" (every stitch now).
+        share_weights: one copy of each unique tensor for all sessions (ONNX Runtime's weight
+        prepacking is turned off then: it would copy every weight per session again).
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"bundle folder {root} not found", hint="pass the folder 'esta-export bundle' wrote")
+        manifest = load_manifest(root)
+        if verify:
+            verify_all(root, manifest)
+        if load not in ("lazy", "all"):
+            raise BundleError(f"load={load!r} is not 'lazy' or 'all'")
+        b = cls(root, manifest, share_weights=share_weights, providers=providers, threads=threads,
+                latency_stat=latency_stat)
+        if load == "all":
+            for sid in b._entries:
+                b.load(sid)
+        return b
+
+    # -- stitches ----------------------------------------------------------------------------
+    def _stitch(self, entry: dict) -> Stitch:
+        lat = entry.get("latency") or {}
+        value = lat.get(self.latency_stat)
+        return Stitch(int(entry["id"]), entry.get("route", ""), None if value is None else float(value),
+                      lat.get("source"), entry.get("accuracy"), entry.get("accuracy_source"),
+                      entry.get("flops"), entry.get("params"), entry)
+
+    def stitches(self) -> list[Stitch]:
+        return [self._stitch(e) for e in self._entries.values()]
+
+    def stitch(self, stitch_id: int) -> Stitch:
+        return self._stitch(self._entry(stitch_id))
+
+    def _entry(self, stitch_id: int) -> dict:
+        try:
+            return self._entries[int(stitch_id)]
+        except (KeyError, ValueError):
+            raise NoStitchFitsError(f"stitch {stitch_id} is not in this bundle",
+                                    hint=f"choose one of {sorted(self._entries)}") from None
+
+    def select(self, latency_budget_ms: float | None = None, min_accuracy: float | None = None) -> Stitch:
+        """Most accurate stitch within the budget; with only min_accuracy, the fastest that meets it.
+
+        Where accuracy is unknown, more FLOPs stand in for more accurate (and the choice says so
+        in ``Stitch.accuracy_source`` being None).
+        """
+        cands = self.stitches()
+        if latency_budget_ms is not None:
+            timed = [s for s in cands if s.latency_ms is not None]
+            if not timed:
+                raise NoStitchFitsError("no stitch in this bundle has a recorded latency",
+                                        hint="profile on the device (esta-export profile) and re-bundle")
+            cands = [s for s in timed if s.latency_ms <= latency_budget_ms]
+            if not cands:
+                fastest = min(timed, key=lambda s: s.latency_ms)
+                raise NoStitchFitsError(
+                    f"no stitch runs within {latency_budget_ms:g} ms ({self.latency_stat}); the fastest, "
+                    f"stitch {fastest.id}, takes {fastest.latency_ms:.3g} ms", hint="raise the budget")
+        if min_accuracy is not None:
+            known = [s for s in cands if s.accuracy is not None]
+            fits = [s for s in known if s.accuracy >= min_accuracy]
+            if not fits:
+                best = max((s.accuracy for s in known), default=None)
+                raise NoStitchFitsError(
+                    f"no stitch{' within the budget' if latency_budget_ms is not None else ''} reaches "
+                    f"accuracy {min_accuracy:g} (best: {best})", hint="lower min_accuracy or raise the budget")
+            if latency_budget_ms is None:
+                timed = [s for s in fits if s.latency_ms is not None]
+                if timed:
+                    return min(timed, key=lambda s: (s.latency_ms, -(s.accuracy or 0)))
+                return min(fits, key=lambda s: (s.flops or 0))
+            cands = fits
+        return max(cands, key=lambda s: (s.accuracy if s.accuracy is not None else -1.0, s.flops or 0,
+                                          -(s.latency_ms or 0)))
+
+    # -- sessions ----------------------------------------------------------------------------
+    def load(self, stitch_id: int):
+        """Create (once) and return the ONNX Runtime session of ``stitch_id``."""
+        sid = int(self._entry(stitch_id)["id"])
+        session = self._sessions.get(sid)
+        if session is not None:
+            return session
+        with self._load_locks[sid]:
+            if sid not in self._sessions:
+                self._sessions[sid] = self._create_session(self._entries[sid])
+        return self._sessions[sid]
+
+    def _create_session(self, entry: dict):
+        art = entry["artifact"]
+        if art.get("format", "onnx") != "onnx":
+            raise BundleError(f"stitch {entry['id']} is a {art['format']} artifact; this runtime runs "
+                              "ONNX graphs with ONNX Runtime", hint="build the device engines first (see README)")
+        path = resolve_inside(self.root, art["path"])
+        # The validated graph's hash, checked at load time too: a swapped file never runs.
+        if not path.is_file() or sha256_file(path) != art["sha256"]:
+            raise IntegrityError(f"bundle file {art['path']} (stitch {entry['id']}) does not match the "
+                                 "validated artifact's sha256", hint="re-copy the bundle")
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+        if self._weights is not None:
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            for name, value in self._weights.acquire(int(entry["id"]), ort).items():
+                so.add_initializer(name, value)
+        try:
+            return ort.InferenceSession(str(path), so, providers=self.providers)
+        except Exception as err:  # ORT raises its own exception types per version
+            raise BundleError(f"ONNX Runtime cannot load {art['path']}: {str(err).splitlines()[0]}",
+                              hint="check the onnxruntime version the README names") from None
+
+    def unload(self, stitch_id: int) -> None:
+        sid = int(stitch_id)
+        with self._active_lock:
+            if self._active is not None and self._active[0] == sid:
+                raise BundleError(f"stitch {sid} is active", hint="activate another stitch first")
+            self._sessions.pop(sid, None)
+        if self._weights is not None:
+            self._weights.release(sid)
+
+    @property
+    def loaded(self) -> list[int]:
+        return sorted(self._sessions)
+
+    # -- switching and running ---------------------------------------------------------------
+    def activate(self, stitch_id: int) -> Stitch:
+        """Make ``stitch_id`` the stitch ``run`` uses; safe to call from any thread at any time."""
+        session = self.load(stitch_id)  # outside the lock: loading may take a while
+        sid = int(stitch_id)
+        with self._active_lock:
+            self._active = (sid, session)
+        return self.stitch(sid)
+
+    @property
+    def active(self) -> Stitch | None:
+        current = self._active
+        return None if current is None else self.stitch(current[0])
+
+    def run(self, batch: np.ndarray, stitch_id: int | None = None) -> np.ndarray:
+        """Logits for an NCHW float32 batch, with the active stitch (or ``stitch_id``)."""
+        if stitch_id is not None:
+            session = self.load(stitch_id)
+        else:
+            with self._active_lock:
+                current = self._active
+            if current is None:
+                self.activate(self.select().id)
+                with self._active_lock:
+                    current = self._active
+            session = current[1]
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        name = self.input_spec.get("name", "pixels")
+        return session.run(None, {name: x})[0]
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        return _preprocess(image, self.input_spec)
+
+    def classify(self, image: np.ndarray, top_k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (label, probability) for one raw HxWxC image."""
+        probs = softmax(self.run(self.preprocess(image)))[0]
+        order = np.argsort(-probs)[:top_k]
+        labels = self.labels or [str(i) for i in range(probs.shape[0])]
+        return [(labels[i], float(probs[i])) for i in order]
+
+    def close(self) -> None:
+        with self._active_lock:
+            self._active = None
+            self._sessions.clear()
+        self._weights = None
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

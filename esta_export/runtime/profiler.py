@@ -1,0 +1,125 @@
+"""On-device latency profiler: times every bundled stitch with the device's own runtime.
+
+Protocol (TARGETS.md section 6): warm up each stitch by time AND count; then interleave the stitches
+in rounds (A B C A B C ...) so machine drift hits all alike, until every stitch has at least
+``runs`` timings AND ``seconds`` have passed; report min/mean/median/p90/p95/p99/std/cv and flag
+unstable results (cv above a threshold). Each record carries the environment fingerprint and the
+artifact's sha256. Prints one JSON object per line (``python3 profile_device.py --bundle .``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+UNSTABLE_CV = 0.10
+
+
+def latency_stats(samples_ms) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    mean = float(a.mean())
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    q = np.percentile(a, [50, 90, 95, 99])
+    return {"min": float(a.min()), "mean": mean, "median": float(q[0]), "p90": float(q[1]),
+            "p95": float(q[2]), "p99": float(q[3]), "max": float(a.max()), "std": std,
+            "cv": std / mean if mean > 0 else 0.0, "runs": int(a.size)}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return None
+
+
+def environment(threads: int | None, providers: list[str]) -> dict:
+    """Where the numbers came from: device, OS, CPU, runtime, power mode where it exists."""
+    import onnxruntime as ort
+
+    env = {
+        "hostname": socket.gethostname(), "machine": platform.machine(), "system": platform.system(),
+        "release": platform.release(), "python": platform.python_version(), "numpy": np.__version__,
+        "runtime": "onnxruntime", "runtime_version": ort.__version__, "providers": providers,
+        "cpu_count": os.cpu_count(), "threads": threads or 0,
+        "cpu_model": None, "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device_model": _read("/proc/device-tree/model"), "l4t": _read("/etc/nv_tegra_release"),
+        "transfers_included": False,
+    }
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith(("model name", "hardware")):
+            env["cpu_model"] = line.split(":", 1)[1].strip()
+            break
+    return env
+
+
+def profile(bundle, *, runs: int = 50, seconds: float = 2.0, warmup_runs: int = 10,
+            warmup_seconds: float = 0.2, batch: int = 1, stitch_ids=None) -> list[dict]:
+    ids = [s.id for s in bundle.stitches()] if stitch_ids is None else [int(i) for i in stitch_ids]
+    shape = list(bundle.input_spec.get("shape") or [1, 3, 224, 224])
+    shape[0] = batch
+    x = np.random.default_rng(0).standard_normal([int(d) for d in shape]).astype(np.float32)
+    sessions = {sid: bundle.load(sid) for sid in ids}
+    name = bundle.input_spec.get("name", "pixels")
+    for sid, sess in sessions.items():  # warm-up: by count AND by time
+        n, t0 = 0, time.perf_counter()
+        while n < warmup_runs or time.perf_counter() - t0 < warmup_seconds:
+            sess.run(None, {name: x})
+            n += 1
+    samples: dict[int, list[float]] = {sid: [] for sid in ids}
+    start = time.perf_counter()
+    while min(len(v) for v in samples.values()) < runs or time.perf_counter() - start < seconds:
+        for sid in ids:  # one round: every stitch once
+            t = time.perf_counter()
+            sessions[sid].run(None, {name: x})
+            samples[sid].append((time.perf_counter() - t) * 1e3)
+    env = environment(bundle.threads, bundle.providers)
+    env["share_weights"] = bundle.share_weights
+    target = bundle.manifest.get("target", {})
+    records = []
+    for sid in ids:
+        entry = bundle._entry(sid)
+        stats = latency_stats(samples[sid])
+        stats["seconds"] = float(sum(samples[sid]) / 1e3)
+        records.append({
+            "stitch_id": sid, "route": entry.get("route"), "artifact_sha256": entry["artifact"]["sha256"],
+            "target": target.get("name"), "precision": target.get("precision"), "batch": batch,
+            "shapes": {name: [int(d) for d in x.shape]}, "latency_ms": stats,
+            "unstable": stats["cv"] > UNSTABLE_CV, "protocol": {
+                "warmup_runs": warmup_runs, "warmup_seconds": warmup_seconds, "min_runs": runs,
+                "min_seconds": seconds, "interleaved": True},
+            "env": env, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": "measured"})
+    return records
+
+
+def main(argv=None) -> int:
+    from .bundle import Bundle
+    from .errors import BundleError
+
+    p = argparse.ArgumentParser(description="Time every stitch of this bundle on this device.")
+    p.add_argument("--bundle", default=str(Path(__file__).resolve().parent.parent))
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--stitches", default=None, help="comma-separated ids (default: all)")
+    p.add_argument("--no-share-weights", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        bundle = Bundle.open(args.bundle, threads=args.threads, share_weights=not args.no_share_weights)
+        ids = None if not args.stitches else args.stitches.split(",")
+        for rec in profile(bundle, runs=args.runs, seconds=args.seconds, batch=args.batch, stitch_ids=ids):
+            print(json.dumps(rec), flush=True)
+    except BundleError as err:
+        print(f"profile_device: error: {err}", file=sys.stderr)
+        return 2
+    return 0
