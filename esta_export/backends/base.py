@@ -13,12 +13,13 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, CompileError
 from ..targets import Target
+
+if TYPE_CHECKING:  # numpy stays out of 'esta-export targets'
+    import numpy as np
 
 __all__ = ["Backend", "Runner", "CompiledArtifact", "BackendUnavailableError", "CompileError"]
 

@@ -78,6 +78,41 @@ class _Reader:
         return next(self._it, None)
 
 
+def quantize_qdq(src: Path, dst: Path, x: np.ndarray, *,
+                 symmetric_activations: bool) -> dict[str, Any]:
+    """Static QDQ INT8 of ``src`` into ``dst``, calibrated (MinMax) on the samples ``x``.
+
+    CPU (MLAS) prefers uint8 asymmetric activations; TensorRT needs int8 symmetric Q/DQ
+    (zero point 0), hence the switch. Weights are int8 symmetric per output channel.
+    """
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+    import onnx
+
+    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=".quant.") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True,
+                              save_as_external_data=True, all_tensors_to_one_file=True,
+                              external_data_location="pre.onnx.data")
+            quantize_static(
+                str(pre), str(dst), _Reader(name, x.astype(np.float32)),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS),
+                per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": symmetric_activations,
+                               "WeightSymmetric": True})
+        except Exception as err:  # the quantizer raises assorted types; keep its message
+            raise CompileError(f"int8 quantization of {Path(src).name} failed: {err}",
+                               hint="try --precision fp32 or other calibration data") from None
+    return {"quant_format": "QDQ",
+            "activations": "int8 symmetric" if symmetric_activations else "uint8 asymmetric",
+            "weights": "int8 symmetric per-channel", "ops": list(INT8_OPS),
+            "calibration_samples": int(len(x)), "calibrate_method": "MinMax"}
+
+
 @register("onnxruntime")
 class OnnxRuntimeBackend(Backend):
     module = "onnxruntime"
@@ -130,29 +165,8 @@ class OnnxRuntimeBackend(Backend):
         return files, {"optimization_level": level, "offline": True}
 
     def _quantize(self, src: Path, out_dir: Path, x: np.ndarray) -> tuple[list[str], dict]:
-        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                              quant_pre_process, quantize_static)
-        import onnx
-
-        name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quant.") as tmp:
-            pre = Path(tmp) / "pre.onnx"
-            try:
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True,
-                                  save_as_external_data=True, all_tensors_to_one_file=True,
-                                  external_data_location="pre.onnx.data")
-                quantize_static(
-                    str(pre), str(out_dir / "model.onnx"), _Reader(name, x.astype(np.float32)),
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS),
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-            except Exception as err:
-                raise CompileError(f"onnxruntime int8 quantization of {src.name} failed: {err}",
-                                   hint="try --precision fp32 or other calibration data") from None
-        return ["model.onnx"], {"quant_format": "QDQ", "activations": "uint8 asymmetric",
-                                "weights": "int8 symmetric per-channel", "ops": list(INT8_OPS),
-                                "calibration_samples": int(len(x)), "calibrate_method": "MinMax"}
+        info = quantize_qdq(src, out_dir / "model.onnx", x, symmetric_activations=False)
+        return ["model.onnx"], info
 
     def load(self, artifact_path: Path, target: Target) -> Runner:
         self.require()

@@ -1,0 +1,359 @@
+"""TensorRT backend: engines built on the device, or a device build kit when not on it.
+
+TensorRT plans run only with the TensorRT build that made them, on the GPU architecture they
+were built for. So:
+
+- on the target device (TensorRT importable, and for Jetson targets the board's module matches),
+  ``compile`` builds the engine in-process with :mod:`trt_build` (the same file the kit ships);
+- anywhere else, ``compile`` prepares the stitch (a portable copy of the ONNX graph, INT8 as
+  explicit Q/DQ quantized here, and its build plan) and ``finalize`` writes the kit: ``kit.json``,
+  ``build_engines.py`` (a verbatim copy of :mod:`trt_build`, needs only tensorrt + numpy),
+  ``trtexec.sh`` with one command line per stitch, and ``README_DEVICE.md`` saying which steps
+  run on the device. ``CompiledArtifact.built`` is then False and compile.json says
+  ``"engines_built": false, "device_build_required": true``.
+
+Version differences live in :data:`CAPABILITIES`. NOT verified on hardware: TensorRT cannot be
+installed where this was written; everything that runs without it is tested.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, CompileError, ProfileError
+from ..fsutil import atomic_write_json, atomic_write_text, sha256_file
+from ..targets import Target
+from . import register
+from .base import Backend, CompiledArtifact, Runner
+
+# One row per TensorRT release whose behaviour differs; a version uses the newest row <= it.
+CAPABILITIES: dict[tuple[int, int], dict[str, Any]] = {
+    (8, 5): {"explicit_batch_flag": True, "builder_optimization_level": False,
+             "strongly_typed": False, "strip_plan": False, "weight_streaming": False,
+             "int8_calibrator": "supported", "layernorm_op": False, "max_opset": 16,
+             "execute_async_v3": True, "build_engine_api": True},
+    (8, 6): {"explicit_batch_flag": True, "builder_optimization_level": True,
+             "strongly_typed": False, "strip_plan": False, "weight_streaming": False,
+             "int8_calibrator": "supported", "layernorm_op": True, "max_opset": 17,
+             "execute_async_v3": True, "build_engine_api": True},
+    (10, 0): {"explicit_batch_flag": False, "builder_optimization_level": True,
+              "strongly_typed": True, "strip_plan": True, "weight_streaming": True,
+              "int8_calibrator": "supported", "layernorm_op": True, "max_opset": 20,
+              "execute_async_v3": True, "build_engine_api": False},
+    (10, 1): {"explicit_batch_flag": False, "builder_optimization_level": True,
+              "strongly_typed": True, "strip_plan": True, "weight_streaming": True,
+              "int8_calibrator": "deprecated", "layernorm_op": True, "max_opset": 20,
+              "execute_async_v3": True, "build_engine_api": False},
+}
+TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where JetPack installs it
+TIMING_CACHE = "timing.cache"              # at the kit root, shared by every stitch
+
+
+def capabilities(version: str) -> dict[str, Any]:
+    v = tuple(int(p) for p in version.split(".")[:2])
+    keys = [k for k in sorted(CAPABILITIES) if k <= v]
+    if not keys:
+        raise BackendUnavailableError(f"TensorRT {version} is older than 8.5",
+                                      hint="use JetPack 5.1 or newer (TensorRT 8.5+)")
+    return dict(CAPABILITIES[keys[-1]])
+
+
+def planned_version(target: Target) -> str:
+    """The TensorRT version a target plans for: its runtime.tensorrt, a '>=' floor as is."""
+    return (target.runtime.tensorrt or "10.3").lstrip(">=~ ")
+
+
+def build_plan(target: Target, precision: str, *, input_name: str, chw: tuple[int, int, int],
+               onnx: str, engine: str, layer_info: str) -> dict[str, Any]:
+    """Every builder decision for one stitch on one target, as plain data (paths relative to
+    the kit root). The same dict drives the Python build and the trtexec line."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise CompileError(f"the tensorrt backend builds fp32, fp16 or int8, not {precision}",
+                           hint="use --precision fp16")
+    caps = capabilities(planned_version(target))
+    s = target.shapes
+    lo, opt, hi = (s.batch_sizes[0],) * 3 if s.static else (s.batch_min, s.batch_opt, s.batch_max)
+    ex = target.execution
+    return {
+        "onnx": onnx, "engine": engine, "layer_info": layer_info, "timing_cache": TIMING_CACHE,
+        "precision": precision,
+        # INT8 graphs carry explicit Q/DQ; fp16 stays enabled so non-quantized layers use it.
+        "fp16": precision in ("fp16", "int8"), "int8": precision == "int8",
+        "int8_mode": "explicit_qdq" if precision == "int8" else None,
+        "workspace_bytes": int((ex.workspace_mb or 1024) * (1 << 20)),
+        "profile": {input_name: {"min": [lo, *chw], "opt": [opt, *chw], "max": [hi, *chw]}},
+        "dla_core": ex.dla_core, "gpu_fallback": bool(ex.gpu_fallback),
+        "builder_optimization_level": (ex.builder_optimization_level
+                                       if caps["builder_optimization_level"] else None),
+        "tensorrt_planned": planned_version(target), "caps": caps,
+    }
+
+
+def trtexec_command(plan: dict[str, Any], times: str) -> list[str]:
+    """The trtexec line equivalent to ``plan`` (build, then time with --exportTimes)."""
+    dims = lambda d: "x".join(str(v) for v in d)  # noqa: E731
+    cmd = [TRTEXEC, f"--onnx={plan['onnx']}", f"--saveEngine={plan['engine']}"]
+    for key, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
+        cmd.append(flag + "=" + ",".join(f"{n}:{dims(p[key])}" for n, p in plan["profile"].items()))
+    if plan["fp16"]:
+        cmd.append("--fp16")
+    if plan["int8"]:
+        cmd.append("--int8")  # explicit Q/DQ in the graph: no calibration cache
+    if plan["dla_core"] is not None:
+        cmd.append(f"--useDLACore={plan['dla_core']}")
+        if plan["gpu_fallback"]:
+            cmd.append("--allowGPUFallback")
+    cmd.append(f"--memPoolSize=workspace:{plan['workspace_bytes'] >> 20}")
+    if plan["builder_optimization_level"] is not None:
+        cmd.append(f"--builderOptimizationLevel={plan['builder_optimization_level']}")
+    cmd += [f"--timingCacheFile={plan['timing_cache']}", f"--exportTimes={times}",
+            f"--exportLayerInfo={plan['layer_info']}", "--profilingVerbosity=detailed"]
+    return cmd
+
+
+# ---- trtexec --exportTimes ------------------------------------------------------------------
+# The file is a JSON list with one dict per inference query. TensorRT 8.x/10.x write
+# startEnqMs, endEnqMs, startH2dMs, endH2dMs, startComputeMs, endComputeMs, startD2hMs,
+# endD2hMs, h2dMs, computeMs, d2hMs, latencyMs (latency = H2D + compute + D2H); older releases
+# named the transfers startInMs/endInMs/inMs and startOutMs/endOutMs/outMs.
+_ALIASES = {"inMs": "h2dMs", "outMs": "d2hMs"}
+TIME_METRICS = ("latencyMs", "computeMs", "h2dMs", "d2hMs", "enqueueMs")
+
+
+def parse_trtexec_times(source: str | os.PathLike | list) -> dict[str, Any]:
+    """Latency statistics (ms) per metric from a ``--exportTimes`` file or its parsed list."""
+    if isinstance(source, list):
+        rows = source
+    else:
+        try:
+            rows = json.loads(Path(source).read_text())
+        except (OSError, ValueError) as err:
+            raise ProfileError(f"cannot read trtexec times {source} ({err})",
+                               hint="pass the file written by trtexec --exportTimes=FILE") from None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ProfileError(f"trtexec times {source if not isinstance(source, list) else ''} is "
+                           f"not a non-empty list of per-query objects",
+                           hint="pass the file written by trtexec --exportTimes=FILE")
+    series: dict[str, list[float]] = {m: [] for m in TIME_METRICS}
+    for r in rows:
+        r = {_ALIASES.get(k, k): v for k, v in r.items()}
+        if "startEnqMs" in r and "endEnqMs" in r:
+            r["enqueueMs"] = r["endEnqMs"] - r["startEnqMs"]
+        for m in TIME_METRICS:
+            if isinstance(r.get(m), (int, float)):
+                series[m].append(float(r[m]))
+    if not series["latencyMs"]:
+        raise ProfileError("trtexec times hold no latencyMs values",
+                           hint="pass the file written by trtexec --exportTimes=FILE")
+    return {"queries": len(rows),
+            "metrics": {m: _stats(v) for m, v in series.items() if v}}
+
+
+def _stats(v: list[float]) -> dict[str, float]:
+    a = np.asarray(v, dtype=np.float64)
+    mean, std = float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    p = np.percentile(a, [50, 90, 95, 99])
+    return {"count": int(len(a)), "min": float(a.min()), "max": float(a.max()), "mean": mean,
+            "median": float(p[0]), "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]),
+            "std": std, "cv": std / mean if mean else 0.0}
+
+
+# ---- where are we? --------------------------------------------------------------------------
+def on_target_device(target: Target) -> tuple[bool, str]:
+    """Whether engines for ``target`` can be built here, and why not."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, "TensorRT is not installed here"
+    is_jetson = os.path.exists("/etc/nv_tegra_release")
+    if target.device.kind == "jetson":
+        if not is_jetson:
+            return False, f"this machine is not a Jetson ({target.device.name} needed)"
+        compat = Path("/proc/device-tree/compatible")
+        module = (target.device.module or "").split("-")[0]
+        if module and compat.exists() and module not in compat.read_bytes().decode(errors="replace"):
+            return False, f"this Jetson is not a {target.device.name} ({module})"
+    elif is_jetson:
+        return False, f"target {target.name} is for a desktop/server GPU, this is a Jetson"
+    return True, ""
+
+
+@register("tensorrt")
+class TensorRTBackend(Backend):
+    module = "tensorrt"
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("tensorrt") is not None
+
+    def describe(self) -> dict[str, Any]:
+        if self.available():
+            import tensorrt as trt
+            version, here = trt.__version__, True
+        else:
+            version, here = None, False
+        return {"runtime": "tensorrt", "version": version, "installed": here,
+                "capabilities": capabilities(version) if version else None}
+
+    def describe_for(self, target: Target) -> dict[str, Any]:
+        d = self.describe()
+        d["planned_version"] = planned_version(target)
+        d["planned_capabilities"] = capabilities(planned_version(target))
+        return d
+
+    def compile(self, onnx_path: Path, target: Target, out_dir: Path, precision: str,
+                calibration: np.ndarray | None = None) -> CompiledArtifact:
+        import onnx
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        caps = capabilities(planned_version(target))
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                    default=0)
+        if opset > caps["max_opset"]:
+            raise CompileError(f"TensorRT {planned_version(target)} parses opset <= "
+                               f"{caps['max_opset']}, the graph has {opset}",
+                               hint=f"re-export with --target {target.name}")
+        if not caps["layernorm_op"] and any(n.op_type == "LayerNormalization"
+                                            for n in model.graph.node):
+            raise CompileError(f"TensorRT {planned_version(target)} has no LayerNormalization",
+                               hint=f"re-export with --target {target.name} (LayerNorm decomposed)")
+        inp = model.graph.input[0]
+        chw = tuple(int(d.dim_value) for d in inp.type.tensor_type.shape.dim[1:])
+        # A self-contained graph per stitch (its own external data file): the device gets no
+        # path back into the export folder.
+        info: dict[str, Any] = {}
+        if precision == "int8":
+            if calibration is None or len(calibration) == 0:
+                raise CompileError("int8 needs calibration inputs",
+                                   hint="pass --calibration DATA.npz with an 'x' array")
+            from .onnxruntime import quantize_qdq
+            info["qdq"] = quantize_qdq(Path(onnx_path), out_dir / "model.onnx", calibration,
+                                       symmetric_activations=True)
+        else:
+            full = onnx.load(str(onnx_path))
+            onnx.save_model(full, str(out_dir / "model.onnx"), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location="model.onnx.data",
+                            size_threshold=1024)
+        files = ["model.onnx"] + (["model.onnx.data"] if (out_dir / "model.onnx.data").exists()
+                                  else [])
+        plan = build_plan(target, precision, input_name=inp.name, chw=chw, onnx="model.onnx",
+                          engine="model.plan", layer_info="layers.json")
+        # Stitch folders sit directly under the compile folder (the kit root): one cache for all.
+        plan["timing_cache"] = f"../{TIMING_CACHE}"
+        atomic_write_json(out_dir / "build_plan.json", plan)
+        files.append("build_plan.json")
+        here, why = on_target_device(target)
+        if here:
+            from . import trt_build
+            try:
+                meta = trt_build.build_engine(plan, out_dir, log=lambda *_: None)
+            except RuntimeError as err:
+                raise CompileError(str(err), hint="see build_plan.json; try fp32 or no DLA") from None
+            info["engine"] = meta
+            return CompiledArtifact(path="model.plan", files=tuple(files + ["model.plan",
+                                    "model.plan.json", "layers.json"]), precision=precision,
+                                    built=True, info=info)
+        info["device_build_required"] = why
+        return CompiledArtifact(path="model.plan", files=tuple(files), precision=precision,
+                                built=False, info=info)
+
+    def finalize(self, out_dir: Path, target: Target, stitches: list[dict[str, Any]]) -> list[str]:
+        """Write the device build kit at ``out_dir`` for ``stitches`` ({"id", "dir"} each)."""
+        out_dir = Path(out_dir)
+        plans, lines = [], ["#!/bin/sh", "# Run on the target device, from this folder.",
+                            "set -e"]
+        for st in stitches:
+            d = st["dir"]
+            plan = json.loads((out_dir / d / "build_plan.json").read_text())
+            for key in ("onnx", "engine", "layer_info"):
+                plan[key] = f"{d}/{plan[key]}"
+            plan["timing_cache"] = TIMING_CACHE
+            plan["id"] = st["id"]
+            plan["onnx_sha256"] = sha256_file(out_dir / plan["onnx"])
+            plans.append(plan)
+            lines.append(shlex.join(trtexec_command(plan, f"{d}/times.json")))
+        kit = {"schema": "esta-export/trt-kit", "schema_version": "1.0", "target": target.name,
+               "tensorrt_planned": planned_version(target),
+               "device": target.device.name, "module": target.device.module,
+               "jetpack": target.runtime.jetpack, "l4t": target.runtime.l4t,
+               "power_mode": (None if target.power_mode is None else
+                              {"id": target.power_mode.id, "name": target.power_mode.name}),
+               "timing_cache": TIMING_CACHE, "plans": plans}
+        from . import trt_build
+        shutil.copyfile(trt_build.__file__, out_dir / ".build_engines.py.tmp")
+        os.replace(out_dir / ".build_engines.py.tmp", out_dir / "build_engines.py")
+        atomic_write_text(out_dir / "trtexec.sh", "\n".join(lines) + "\n")
+        os.chmod(out_dir / "trtexec.sh", 0o755)
+        atomic_write_text(out_dir / "README_DEVICE.md", _readme(target, len(plans)))
+        atomic_write_json(out_dir / "kit.json", kit)
+        return ["kit.json", "build_engines.py", "trtexec.sh", "README_DEVICE.md"]
+
+    def load(self, artifact_path: Path, target: Target) -> Runner:
+        artifact_path = Path(artifact_path)
+        here, why = on_target_device(target)
+        if not here:
+            raise BackendUnavailableError(f"cannot run TensorRT engines here: {why}",
+                                          hint="run the device build kit on the device "
+                                               "(README_DEVICE.md)")
+        if not artifact_path.exists():
+            raise BackendUnavailableError(f"engine {artifact_path} has not been built",
+                                          hint="run build_engines.py on the device first")
+        from . import trt_build
+        meta = json.loads(Path(str(artifact_path) + ".json").read_text())
+        onnx_path = artifact_path.with_name("model.onnx")
+        plan = json.loads(artifact_path.with_name("build_plan.json").read_text())
+        current = trt_build.engine_key(plan, sha256_file(onnx_path), trt_build.device_fingerprint())
+        stale = trt_build.check_plan_key(meta["key"], current)
+        if stale:
+            raise BackendUnavailableError(f"engine {artifact_path} was built for another setup "
+                                          f"(differs in: {', '.join(stale)})",
+                                          hint="rebuild it on this device: build_engines.py --fresh")
+        return _TrtRunner(trt_build.TrtRunner(artifact_path), meta)
+
+
+class _TrtRunner(Runner):
+    def __init__(self, inner, meta: dict) -> None:
+        self.inner, self.info = inner, {"engine": meta.get("key"), "layers": meta.get("layers")}
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.infer(x)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _readme(target: Target, n: int) -> str:
+    pm = target.power_mode
+    power = f"`sudo nvpmodel -m {pm.id}` ({pm.name})" if pm else "the device's default power mode"
+    return f"""# Device build kit: {target.name}
+
+esta-export did NOT build TensorRT engines here: TensorRT plans only run with the TensorRT build
+and GPU that made them. Nothing in this folder has been verified on hardware yet.
+
+Target: {target.description}
+Device: {target.device.name}{f" ({target.device.module})" if target.device.module else ""}
+Planned for TensorRT {planned_version(target)}{f", JetPack {target.runtime.jetpack}" if target.runtime.jetpack else ""}.
+Stitches: {n}
+
+## On the device (these steps must run there)
+1. Copy this whole folder to the device.
+2. Set the operating point: {power}{"; `sudo jetson_clocks`" if pm and pm.jetson_clocks else ""}.
+3. Build the engines, either
+   - `python3 build_engines.py kit.json` (needs TensorRT's Python bindings: on Jetson
+     `sudo apt install python3-libnvinfer`, plus `pip install cuda-python numpy` to run them), or
+   - `sh trtexec.sh` (one trtexec line per stitch; also writes per-query times and layer info).
+   Both reuse `{TIMING_CACHE}` across stitches; each engine is written next to its graph with a
+   `.plan.json` key (TensorRT version, GPU, L4T, precision, shapes, ONNX sha256).
+4. `python3 build_engines.py kit.json --check` refuses plans built for another TensorRT or GPU.
+5. Bring the folder back (or run `esta-export profile` on the device) to validate and profile.
+
+`layers.json` per stitch lists which layers landed on the DLA (DLA targets): ViT attention and
+norms fall back to the GPU.
+"""
