@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = set(load_all())
     # Bare form: `esta-export SUPERNET --target T` or `esta-export --target T` -> `run`.
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help", "--version"):
+        first = argv[0]
+        if not first.startswith("-") and not os.path.exists(first) and not any(c in first for c in "./\\"):
+            print(f"esta-export: error: '{first}' is neither a command nor a supernet file; commands: "
+                  f"{', '.join(sorted(commands))} (see 'esta-export --help')", file=sys.stderr)
+            return 2
         argv = ["run", *argv]
     if not argv:
         parser.print_help()
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except EstaError as err:
         print(f"esta-export: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error of ours or the user's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("esta-export: interrupted; finished work is kept, re-run the same command to resume",
               file=sys.stderr)
