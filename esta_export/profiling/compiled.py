@@ -1,0 +1,317 @@
+"""Profile a compiled folder: time every stitch (or a budgeted subset plus the predicted front),
+measure its memory, and append provenance-carrying records to the profile store.
+
+Flow: read compile.json and export.json -> refuse artifacts that were not built here -> reuse
+records whose (artifact sha256, environment hash, settings hash) are already in the store ->
+time the rest (or ``budget`` of them, chosen by the predictor's design) in interleaved rounds ->
+fit the latency model, predict the unprofiled, and time for real every stitch on the predicted
+Pareto front until the front holds only measured stitches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from ..errors import InputError, ProfileError
+from ..fsutil import read_json
+from .harness import LatencyStats, ProgressFn, TimingProtocol, profile_runners, warm_up
+from .store import ProfileStore, now_iso
+
+MAX_FRONT_ROUNDS = 5
+
+
+@dataclass
+class ProfileResult:
+    store: Path
+    target: str
+    env: dict[str, Any]
+    env_hash: str
+    measured: dict[Hashable, dict[str, Any]] = field(default_factory=dict)   # new this run
+    cached: dict[Hashable, dict[str, Any]] = field(default_factory=dict)     # reused records
+    predicted: dict[Hashable, float] = field(default_factory=dict)           # id -> median ms
+    predictor: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> dict[Hashable, dict[str, Any]]:
+        return {**self.cached, **self.measured}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": str(self.store), "target": self.target, "env_hash": self.env_hash,
+                "measured": sorted(map(str, self.measured)), "cached": sorted(map(str, self.cached)),
+                "predicted": {str(k): v for k, v in self.predicted.items()},
+                "predictor": self.predictor, "warnings": self.warnings}
+
+
+def default_store_path(compiled_dir: str | Path, target_name: str) -> Path:
+    """OUT/compiled/<T>/ -> OUT/profiles/<T>.jsonl (the main job's layout); else next to it."""
+    compiled_dir = Path(compiled_dir)
+    if compiled_dir.parent.name == "compiled":
+        return compiled_dir.parent.parent / "profiles" / f"{target_name}.jsonl"
+    return compiled_dir / "profiles" / f"{target_name}.jsonl"
+
+
+def read_compiled(compiled_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, Path]:
+    """compile.json, the export.json it names (None if gone) and the export folder."""
+    compiled_dir = Path(compiled_dir)
+    if not compiled_dir.is_dir():
+        raise InputError(f"compiled folder not found: {compiled_dir}",
+                         hint="run 'esta-export compile' first and pass its output folder")
+    comp = read_json(compiled_dir / "compile.json", "compile summary")
+    export = None
+    export_dir = compiled_dir
+    if comp.get("export"):
+        p = Path(comp["export"])
+        p = p if p.is_absolute() else compiled_dir / p
+        if p.is_dir():
+            p = p / "export.json"
+        export_dir = p.parent
+        if p.is_file():
+            export = read_json(p, "export summary")
+    return comp, export, export_dir
+
+
+def stitch_table(comp: dict[str, Any], export: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per compiled artifact, enriched with the export's segments, FLOPs and accuracy."""
+    by_id = {s["id"]: s for s in (export or {}).get("stitches", [])}
+    rows = []
+    for art in comp.get("artifacts", []):
+        ex = by_id.get(art.get("id"), {})
+        rows.append({
+            "id": art.get("id"), "route": art.get("route") or ex.get("route"),
+            "path": art.get("path"), "sha256": art.get("sha256"),
+            "segments": ex.get("segments"), "flops": art.get("flops", ex.get("flops")),
+            "params": art.get("params", ex.get("params")), "accuracy": ex.get("accuracy"),
+            "accuracy_source": ex.get("accuracy_source"),
+        })
+    return rows
+
+
+def input_shape_for(export: dict[str, Any] | None, comp: dict[str, Any], batch: int) -> list[int]:
+    shape = ((export or {}).get("input") or {}).get("shape") or comp.get("input_shape")
+    if not shape:
+        raise ProfileError("the export summary gives no input shape",
+                           hint="re-run 'esta-export export' (its export.json records it)")
+    return [batch] + [int(d) for d in shape[1:]]
+
+
+def _load_runner(backend: str, path: str, target_ref: str):
+    """Top-level (picklable) loader used by the memory worker."""
+    from ..backends import get_backend
+    from ..targets import load_target
+    return get_backend(backend).load(Path(path), load_target(target_ref))
+
+
+def _pareto_ids(rows: list[dict[str, Any]], lat: dict[Hashable, float]) -> set[Hashable]:
+    """Front over (quality max, latency min); quality = accuracy, else FLOPs as a proxy."""
+    from ..select import pareto_front
+    use_acc = all(r.get("accuracy") is not None for r in rows)
+    pts = [{"id": r["id"], "q": r["accuracy"] if use_acc else float(r.get("flops") or 0),
+            "lat": lat[r["id"]]} for r in rows if r["id"] in lat]
+    front, _ = pareto_front(pts, [("q", "max"), ("lat", "min")])
+    return set(front)
+
+
+def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Path | None = None,
+                     *, stitch_ids: Sequence[Hashable] | None = None, budget: int | None = None,
+                     fresh: bool = False, progress: ProgressFn | None = None,
+                     min_runs: int | None = None, min_seconds: float | None = None,
+                     memory: bool = True, batch_sizes: Sequence[int] | None = None
+                     ) -> ProfileResult:
+    """Measure the compiled stitches of ``compiled_dir`` on this machine (see module doc)."""
+    from ..backends import get_backend
+    from ..predict import LatencyModel, choose_profile_subset, leave_one_out
+    from ..targets import load_target
+    from .environment import TegrastatsSampler, env_hash, fingerprint
+    from .memory import measure_peak_memory
+
+    target = load_target(target) if isinstance(target, (str, Path)) else target
+    comp, export, _ = read_compiled(compiled_dir)
+    compiled_dir = Path(compiled_dir)
+    if comp.get("target") not in (None, target.name):
+        raise ProfileError(f"{compiled_dir} was compiled for target {comp.get('target')}, "
+                           f"not {target.name}", hint=f"pass --target {comp.get('target')}")
+    if comp.get("device_build_required") or comp.get("engines_built") is False:
+        raise ProfileError(
+            f"the {target.name} engines in {compiled_dir} were not built here (TensorRT plans must "
+            f"be built on the device)", hint="copy the folder to the device, run 'esta-export "
+            "compile' there, then 'esta-export profile' there (or use --remote user@host)")
+    rows = stitch_table(comp, export)
+    if stitch_ids is not None:
+        wanted = {str(s) for s in stitch_ids}
+        unknown = wanted - {str(r["id"]) for r in rows}
+        if unknown:
+            raise InputError(f"stitch ids not compiled: {', '.join(sorted(unknown))}",
+                             hint="see compile.json for the compiled stitches")
+        rows = [r for r in rows if str(r["id"]) in wanted]
+    if not rows:
+        raise ProfileError(f"no compiled artifacts in {compiled_dir}",
+                           hint="re-run 'esta-export compile' (see its 'failed' list)")
+    if budget is not None and budget < 1:
+        raise InputError("--profile-budget must be at least 1", hint="or leave it out to time all")
+
+    store = ProfileStore(store_path or default_store_path(compiled_dir, target.name))
+    backend_name = comp.get("backend") or target.backend
+    backend = get_backend(backend_name)
+    proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds)
+    threads = getattr(getattr(target, "execution", None), "threads", None)
+    env = fingerprint(threads=threads or None)
+    ehash = env_hash(env)
+    precision = comp.get("precision") or getattr(target, "precision", None)
+    batches = list(batch_sizes or getattr(getattr(target, "shapes", None), "batch_sizes", (1,)))
+    transfers = ("included (host->device->host per call)" if getattr(target, "transfers_included",
+                 False) else "not included" if getattr(getattr(target, "device", None), "kind",
+                 "cpu") != "cpu" else "none (host memory, CPU execution)")
+    result = ProfileResult(store.path, target.name, env, ehash)
+    say = progress or (lambda phase, frac, detail: None)
+    by_id = {r["id"]: r for r in rows}
+    missing_files = [r["id"] for r in rows if not r.get("path")
+                     or not (compiled_dir / r["path"]).exists()]
+    if missing_files:
+        raise ProfileError(f"artifacts listed in compile.json are missing: stitches "
+                           f"{', '.join(map(str, missing_files[:10]))}",
+                           hint="re-run 'esta-export compile --fresh'")
+
+    for batch in batches:
+        shape = input_shape_for(export, comp, batch)
+        settings = proto.settings_hash(batch=batch, shape=shape, precision=precision,
+                                       threads=threads, backend=backend_name, transfers=transfers)
+        known: dict[Hashable, dict[str, Any]] = {}
+        if not fresh:
+            for r in rows:
+                hit = store.lookup(r["sha256"], ehash, settings)
+                if hit is not None:
+                    known[r["id"]] = hit
+        result.cached.update({k: v for k, v in known.items()})
+        todo = [r["id"] for r in rows if r["id"] not in known]
+        if budget is not None and len(todo) > budget:
+            first = choose_profile_subset(rows, budget, already=list(known))
+        else:
+            first = todo
+
+        def measure(ids: list[Hashable], predicted: dict[Hashable, float]) -> None:
+            if not ids:
+                return
+            runners = {}
+            for n, i in enumerate(ids):
+                say("load", n / len(ids), str(i))
+                runners[i] = backend.load(compiled_dir / by_id[i]["path"], target)
+            used_threads = {i: (getattr(r, "info", {}) or {}).get("threads") for i, r in
+                            runners.items()}
+            with TegrastatsSampler() as sampler:
+                t0 = time.monotonic()
+                stats = profile_runners(runners, shape, protocol=proto, progress=progress)
+                t1 = time.monotonic()
+                energy = _energy_pass(runners, shape, proto, sampler) if sampler.available else {}
+            for r in runners.values():
+                close = getattr(r, "close", None)
+                if close:
+                    close()
+            runners.clear()
+            mem = {}
+            if memory:
+                say("memory", 0.0, f"{len(ids)} stitches")
+                mem = measure_peak_memory(
+                    {i: (_load_runner, (backend_name, str(compiled_dir / by_id[i]["path"]),
+                                        target.source or target.name)) for i in ids}, shape)
+            tegra = sampler.summary() if sampler.available else None
+            recs = []
+            for i in ids:
+                recs.append(_record(by_id[i], stats[i], target, backend_name, precision, batch,
+                                    shape, used_threads[i] or threads, env, ehash, proto, settings,
+                                    transfers, mem.get(i), energy.get(i), tegra,
+                                    predicted.get(i), (t0, t1)))
+            store.append(recs)
+            result.measured.update({r["stitch_id"]: r for r in recs})
+            known.update({r["stitch_id"]: r for r in recs})
+
+        measure(first, {})
+        # Predict the rest; every stitch on the predicted front is then timed for real.
+        for _ in range(MAX_FRONT_ROUNDS):
+            rest = [r for r in rows if r["id"] not in known]
+            if not rest:
+                break
+            train = [by_id[i] for i in known]
+            model = LatencyModel.fit(train, [known[i]["latency_ms"]["median"] for i in known])
+            pred = dict(zip([r["id"] for r in rest], map(float, model.predict(rest))))
+            lat = {i: known[i]["latency_ms"]["median"] for i in known} | pred
+            todo_front = [i for i in _pareto_ids(rows, lat) if i in pred]
+            if not todo_front:
+                result.predicted.update(pred)
+                ev = leave_one_out(train, [known[i]["latency_ms"]["median"] for i in known])
+                result.predictor = {"model": model.to_dict(), "leave_one_out": ev.to_dict(),
+                                    "batch": batch}
+                break
+            say("front", 0.0, f"timing {len(todo_front)} predicted-front stitches")
+            measure(todo_front, pred)
+        else:
+            result.warnings.append("the predicted Pareto front kept moving; some front stitches "
+                                   "may still be predicted (raise --profile-budget)")
+    for rec in result.records.values():
+        if rec.get("unstable"):
+            result.warnings.append(
+                f"stitch {rec['stitch_id']} latency is unstable (CV {rec['latency_ms']['cv']:.1%} "
+                f"after {rec.get('attempts', 1)} attempts); quiet the machine and re-profile --fresh")
+    held = [(r["predicted_before_ms"], r["latency_ms"]["median"]) for r in result.measured.values()
+            if r.get("predicted_before_ms")]
+    if held and result.predictor is not None:
+        ape = [abs(p / m - 1) for p, m in held]
+        result.predictor["front_check"] = {
+            "n": len(ape), "mape": float(np.mean(ape)), "within_10pct": float(np.mean(
+                [a <= 0.1 for a in ape])),
+            "method": "front stitches predicted, then measured"}
+    say("done", 1.0, "")
+    return result
+
+
+def _energy_pass(runners: dict, shape: list[int], proto: TimingProtocol,
+                 sampler: Any, seconds: float = 1.0) -> dict[Hashable, dict[str, Any] | None]:
+    """On a Jetson: run each stitch alone for a window tegrastats can resolve and integrate
+    module input power over it (interleaved rounds cannot attribute energy to one stitch)."""
+    from .environment import energy_per_inference_mj
+
+    x = np.random.default_rng(0).standard_normal(tuple(shape)).astype(np.float32)
+    window = max(seconds, 5 * sampler.interval_ms / 1000.0)
+    out = {}
+    for i, r in runners.items():
+        warm_up(r, x, proto.warmup_s, proto.warmup_min)
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < window:
+            r.infer(x)
+            n += 1
+        t1 = time.monotonic()
+        time.sleep(2 * sampler.interval_ms / 1000.0)  # let the sample after t1 arrive
+        out[i] = energy_per_inference_mj(list(sampler.samples), t0, t1, n)
+    return out
+
+
+def _record(row: dict[str, Any], stats: LatencyStats, target: Any, backend: str,
+            precision: str | None, batch: int, shape: list[int], threads: Any,
+            env: dict[str, Any], ehash: str, proto: TimingProtocol, settings: str,
+            transfers: str, mem: dict[str, Any] | None, energy: dict[str, Any] | None,
+            tegra: dict[str, Any] | None, predicted_ms: float | None,
+            window: tuple[float, float]) -> dict[str, Any]:
+    mem = mem or {}
+    rec = {
+        "stitch_id": row["id"], "route": row.get("route"), "artifact_sha256": row.get("sha256"),
+        "target": target.name, "backend": backend, "precision": precision, "batch": batch,
+        "input_shape": shape, "threads": threads, "latency_ms": stats.to_dict(),
+        "unstable": stats.unstable, "attempts": stats.attempts,
+        "peak_rss_mb": mem.get("peak_rss_mb"), "memory_method": mem.get("method"),
+        "memory_error": mem.get("error"),
+        "env": env, "env_hash": ehash, "protocol": proto.to_dict(), "settings_hash": settings,
+        "transfers": transfers, "measured": True, "time": now_iso(),
+        "verified_on_hardware": bool(getattr(target, "verified_on_hardware", False)),
+    }
+    if energy is not None:
+        rec["energy"] = energy
+    if tegra:
+        rec["tegrastats"] = tegra
+    if predicted_ms is not None:
+        rec["predicted_before_ms"] = predicted_ms
+    return rec

@@ -1,0 +1,101 @@
+"""profile_compiled on a real ONNX Runtime compiled folder: cache, budget + predicted front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from esta_export.errors import ProfileError
+from esta_export.fsutil import atomic_write_json, sha256_file
+from esta_export.profiling.compiled import _pareto_ids, profile_compiled
+from esta_export.profiling.store import ProfileStore
+from test_predict import family, stitch_graph
+
+FAST = dict(min_runs=5, min_seconds=0.01)
+
+
+def make_compiled(root: Path, fam: list[dict] | None = None, accuracy: bool = True) -> Path:
+    """OUT/export/ + OUT/compiled/cpu/ in the documented layout, compiled by the real backend."""
+    from esta_export.backends import get_backend
+    from esta_export.targets import load_target
+
+    fam = fam or family()
+    export_dir, compiled = root / "export", root / "compiled" / "cpu"
+    target, backend = load_target("cpu"), get_backend("onnxruntime")
+    stitches, artifacts = [], []
+    for s in fam:
+        rel = f"stitches/stitch_{s['id']:03d}.onnx"
+        (export_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (export_dir / rel).write_bytes(stitch_graph(s, s["id"]))
+        # Synthetic recorded accuracy: grows with compute, with a route-dependent wobble.
+        acc = 0.5 + 0.4 * (s["flops"] / max(t["flops"] for t in fam)) - 0.02 * (s["id"] % 3)
+        stitches.append({**s, "onnx": rel, "params": s["flops"] // 64,
+                         "accuracy": round(acc, 4) if accuracy else None,
+                         "accuracy_source": "supernet metadata" if accuracy else None})
+        art = backend.compile(export_dir / rel, target, compiled / f"stitch_{s['id']:03d}", "fp32")
+        path = f"stitch_{s['id']:03d}/{art.path}"
+        artifacts.append({"id": s["id"], "route": s["route"], "path": path,
+                          "sha256": sha256_file(compiled / path), "flops": s["flops"],
+                          "params": s["flops"] // 64, "validation": {"passed": True}})
+    atomic_write_json(export_dir / "export.json", {
+        "schema": "esta-export/export", "schema_version": "1.0",
+        "input": {"name": "pixels", "shape": ["batch", 3, 8, 8], "dtype": "float32"},
+        "output": {"name": "logits", "num_classes": 10}, "stitches": stitches, "failed": []})
+    atomic_write_json(compiled / "compile.json", {
+        "target": "cpu", "backend": "onnxruntime", "precision": "fp32", "runtime": {},
+        "verified_on_hardware": True, "engines_built": True, "device_build_required": False,
+        "export": "../../export/export.json", "artifacts": artifacts,
+        "failed": [{"id": 99, "reason": "validation failed (test)"}]})
+    return compiled
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> Path:
+    return make_compiled(tmp_path_factory.mktemp("out"))
+
+
+def test_profiles_every_stitch_with_provenance_then_hits_the_cache(compiled: Path, tmp_path) -> None:
+    store = tmp_path / "cpu.jsonl"
+    res = profile_compiled(compiled, "cpu", store, stitch_ids=[0, 1, 5], **FAST)
+    assert sorted(res.measured) == [0, 1, 5] and not res.cached
+    rec = res.measured[5]
+    assert rec["latency_ms"]["n"] >= 5 and rec["latency_ms"]["median"] > 0
+    assert rec["artifact_sha256"] == sha256_file(compiled / "stitch_005/model.onnx")
+    assert rec["env"]["cpu_model"] and rec["env_hash"] and rec["protocol"]["min_runs"] == 5
+    assert rec["input_shape"] == [1, 3, 8, 8] and rec["precision"] == "fp32"
+    assert rec["peak_rss_mb"] is not None and rec["peak_rss_mb"] >= 0 and rec["memory_method"]
+    assert len(ProfileStore(store).records()) == 3
+    again = profile_compiled(compiled, "cpu", store, stitch_ids=[0, 1, 5], **FAST)
+    assert sorted(again.cached) == [0, 1, 5] and not again.measured
+    assert len(ProfileStore(store).records()) == 3  # unchanged work is never measured twice
+    fresh = profile_compiled(compiled, "cpu", store, stitch_ids=[0], fresh=True, memory=False,
+                             **FAST)
+    assert list(fresh.measured) == [0] and len(ProfileStore(store).records()) == 4
+
+
+def test_budget_profiles_a_subset_and_measures_the_predicted_front(compiled: Path,
+                                                                   tmp_path) -> None:
+    store = tmp_path / "cpu.jsonl"
+    res = profile_compiled(compiled, "cpu", store, budget=7, memory=False, **FAST)
+    assert len(res.measured) >= 7
+    assert res.predicted and not set(res.predicted) & set(res.measured)
+    lat = {i: r["latency_ms"]["median"] for i, r in res.measured.items()} | res.predicted
+    rows = json.loads((compiled.parent.parent / "export" / "export.json").read_text())["stitches"]
+    assert _pareto_ids(rows, lat) <= set(res.measured)  # nothing on the front is a guess
+    assert res.predictor["leave_one_out"]["n_eval"] >= 1
+
+
+def test_refuses_unbuilt_engines_and_bad_input(compiled: Path, tmp_path) -> None:
+    comp = json.loads((compiled / "compile.json").read_text())
+    other = tmp_path / "c"
+    other.mkdir()
+    atomic_write_json(other / "compile.json", {**comp, "engines_built": False,
+                                               "device_build_required": True, "export": None})
+    with pytest.raises(ProfileError, match="must be built on the device"):
+        profile_compiled(other, "cpu", tmp_path / "s.jsonl")
+    with pytest.raises(Exception, match="not compiled"):
+        profile_compiled(compiled, "cpu", tmp_path / "s.jsonl", stitch_ids=[12345])
+    with pytest.raises(ProfileError, match="compiled for target cpu"):
+        profile_compiled(compiled, "cpu-int8", tmp_path / "s.jsonl")
