@@ -41,25 +41,30 @@ def _read(path: str) -> str | None:
 
 
 def environment(threads: int | None, providers: list[str]) -> dict:
-    """Where the numbers came from: device, OS, CPU, runtime, power mode where it exists."""
+    """Where the numbers came from (keys as esta_export.profiling.environment.fingerprint)."""
     import onnxruntime as ort
 
-    env = {
-        "hostname": socket.gethostname(), "machine": platform.machine(), "system": platform.system(),
-        "release": platform.release(), "python": platform.python_version(), "numpy": np.__version__,
-        "runtime": "onnxruntime", "runtime_version": ort.__version__, "providers": providers,
-        "cpu_count": os.cpu_count(), "threads": threads or 0,
-        "cpu_model": None, "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "device_model": _read("/proc/device-tree/model"), "l4t": _read("/etc/nv_tegra_release"),
-        "transfers_included": False,
-    }
-    cpuinfo = _read("/proc/cpuinfo") or ""
-    for line in cpuinfo.splitlines():
+    uname = platform.uname()
+    cpu_model = None
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
         if line.lower().startswith(("model name", "hardware")):
-            env["cpu_model"] = line.split(":", 1)[1].strip()
+            cpu_model = line.split(":", 1)[1].strip()
             break
-    return env
+    osr = _read("/etc/os-release") or ""
+    pretty = next((ln.split("=", 1)[1].strip('"') for ln in osr.splitlines() if ln.startswith("PRETTY_NAME=")), "")
+    model, l4t = _read("/proc/device-tree/model"), _read("/etc/nv_tegra_release")
+    return {
+        "cpu_model": cpu_model, "cpu_cores": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "threads": threads, "os": f"{uname.system} {pretty}".strip(), "kernel": uname.release,
+        "machine": uname.machine, "python": platform.python_version(),
+        "runtimes": {"onnxruntime": ort.__version__, "numpy": np.__version__},
+        "providers": providers, "hostname": socket.gethostname(),
+        "jetson": {"model": model, "l4t": l4t} if l4t else None,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "profiler": "bundle profile_device.py",
+    }
 
 
 def profile(bundle, *, runs: int = 50, seconds: float = 2.0, warmup_runs: int = 10,
@@ -91,13 +96,19 @@ def profile(bundle, *, runs: int = 50, seconds: float = 2.0, warmup_runs: int = 
         stats = latency_stats(samples[sid])
         stats["seconds"] = float(sum(samples[sid]) / 1e3)
         records.append({
-            "stitch_id": sid, "route": entry.get("route"), "artifact_sha256": entry["artifact"]["sha256"],
-            "target": target.get("name"), "precision": target.get("precision"), "batch": batch,
-            "shapes": {name: [int(d) for d in x.shape]}, "latency_ms": stats,
+            # The store keys records by the compiled artifact's hash (the bundle repacks weights,
+            # so its graph file has another hash; both are kept).
+            "stitch_id": sid, "route": entry.get("route"),
+            "artifact_sha256": entry["artifact"].get("compiled_sha256") or entry["artifact"]["sha256"],
+            "bundle_artifact_sha256": entry["artifact"]["sha256"],
+            "target": target.get("name"), "backend": target.get("backend"),
+            "precision": target.get("precision"), "batch": batch,
+            "input_shape": [int(d) for d in x.shape], "threads": bundle.threads, "latency_ms": stats,
             "unstable": stats["cv"] > UNSTABLE_CV, "protocol": {
                 "warmup_runs": warmup_runs, "warmup_seconds": warmup_seconds, "min_runs": runs,
                 "min_seconds": seconds, "interleaved": True},
-            "env": env, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": "measured"})
+            "env": env, "transfers": False, "measured": True,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return records
 
 

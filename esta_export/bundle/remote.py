@@ -1,0 +1,163 @@
+"""Profile a bundle on a remote device over SSH with the device's own runtime.
+
+Uses the system ``ssh`` binary (BatchMode: never prompts; host keys accepted on first use or
+checked against a given known_hosts file), so whatever works with ``ssh -i KEY -p PORT user@host``
+works here, including ssh-agent and ~/.ssh/config. The bundle travels as one tar stream over the
+same kind of connection (skipped when the device already holds this exact bundle); the bundle's
+``profile_device.py`` prints one JSON record per line, which come back into the profile store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from ..errors import InputError, RemoteError
+from .manifest import MANIFEST, load_manifest
+
+
+def parse_remote(spec: str) -> tuple[str | None, str, int | None]:
+    """``user@host[:port]`` -> (user, host, port)."""
+    user, _, hostport = spec.rpartition("@")
+    host, port = hostport, None
+    if hostport.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+        host, _, p = hostport.partition(":")
+        if not p.isdigit():
+            raise InputError(f"--remote {spec!r}: port {p!r} is not a number", hint="use user@host[:port]")
+        port = int(p)
+    if not host:
+        raise InputError(f"--remote {spec!r} names no host", hint="use user@host[:port]")
+    return (user or None), host, port
+
+
+def _ssh_base(host: str, user: str | None, port: int, identity, known_hosts, connect_timeout: int,
+              strict_host_keys: bool = False) -> list[str]:
+    if shutil.which("ssh") is None:
+        raise RemoteError("the ssh client is not installed here", hint="install openssh-client")
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}",
+           "-o", "ServerAliveInterval=15", "-p", str(port)]
+    # Trust on first use unless asked to be strict; a changed host key is refused either way.
+    cmd += ["-o", f"StrictHostKeyChecking={'yes' if strict_host_keys else 'accept-new'}"]
+    if known_hosts:
+        cmd += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    if identity:
+        if not Path(identity).is_file():
+            raise InputError(f"SSH key {identity} not found", hint="pass an existing private key to --identity")
+        cmd += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+    return cmd + [f"{user}@{host}" if user else host]
+
+
+def _run(base: list[str], remote_cmd: str, what: str, *, stdin=None, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(base + [remote_cmd], input=stdin, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RemoteError(f"{what} on {base[-1]} did not finish within {timeout:.0f} s",
+                          hint="raise the timeout or check the device") from None
+    if proc.returncode == 255:
+        raise RemoteError(f"cannot reach {base[-1]} over SSH: {_last_line(proc.stderr)}",
+                          hint=f"check host, port, key and that 'ssh {' '.join(base[1:])} true' works")
+    return proc
+
+
+def _last_line(data: bytes) -> str:
+    lines = [ln for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no message"
+
+
+def _copy_bundle(bundle_dir: Path, base: list[str], remote_dir: str, timeout: float) -> bool:
+    """Copy the bundle unless the device already holds the same manifest; True when copied."""
+    local_manifest = (bundle_dir / MANIFEST).read_bytes()
+    q = shlex.quote(remote_dir)
+    have = _run(base, f"cat {q}/{MANIFEST} 2>/dev/null || true", "reading the remote manifest", timeout=timeout)
+    if have.stdout == local_manifest:
+        return False
+    import io
+
+    buf = io.BytesIO()  # streamed in memory: bundles are tens to hundreds of MB
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for path in sorted(bundle_dir.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                tar.add(str(path), arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
+    cmd = (f"rm -rf {q}.part && mkdir -p {q}.part && tar -xzf - -C {q}.part && "
+           f"rm -rf {q} && mv {q}.part {q}")
+    proc = _run(base, cmd, "copying the bundle", stdin=buf.getvalue(), timeout=timeout)
+    if proc.returncode != 0:
+        raise RemoteError(f"copying the bundle to {base[-1]}:{remote_dir} failed: {_last_line(proc.stderr)}",
+                          hint="check free space and that tar exists on the device")
+    return True
+
+
+def remote_profile(bundle_dir: str | Path, host: str, *, user: str | None = None, port: int = 22,
+                   identity: str | Path | None = None, known_hosts: str | Path | None = None,
+                   strict_host_keys: bool = False,
+                   remote_dir: str | None = None, python: str = "python3",
+                   store_path: str | Path | None = None, runs: int = 50, seconds: float = 2.0,
+                   batch: int = 1, threads: int | None = None, stitch_ids=None,
+                   timeout: float = 1800.0, connect_timeout: int = 10) -> list[dict]:
+    """Copy ``bundle_dir`` to ``user@host:port``, profile every stitch there, return the records.
+
+    Records are appended to ``store_path`` (the profile store, JSON lines) when given. ``python``
+    is the interpreter on the device (it needs numpy and the bundle's runtime, not esta-export).
+    Host keys: ``known_hosts`` (default ~/.ssh/known_hosts) is trusted on first use, or must
+    already hold the device's key with ``strict_host_keys``.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir)
+    short = hashlib.sha256((bundle_dir / MANIFEST).read_bytes()).hexdigest()[:12]
+    remote_dir = remote_dir or f"esta-export-bundles/{manifest['target']['name']}-{short}"
+    base = _ssh_base(host, user, port, identity, known_hosts, connect_timeout, strict_host_keys)
+    copied = _copy_bundle(bundle_dir, base, remote_dir, timeout)
+    args = ["--runs", str(runs), "--seconds", str(seconds), "--batch", str(batch)]
+    if threads:
+        args += ["--threads", str(threads)]
+    if stitch_ids:
+        args += ["--stitches", ",".join(str(int(i)) for i in stitch_ids)]
+    cmd = f"cd {shlex.quote(remote_dir)} && {shlex.quote(python)} profile_device.py {shlex.join(args)}"
+    proc = _run(base, cmd, "profiling", timeout=timeout)
+    if proc.returncode != 0:
+        raise RemoteError(f"the profiler failed on {base[-1]} (exit {proc.returncode}): {_last_line(proc.stderr)}",
+                          hint=f"the device needs {python} with numpy and onnxruntime; try "
+                               f"'cd {remote_dir} && {python} app.py' there")
+    records = []
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            rec["remote"] = {"host": host, "user": user, "port": port, "remote_dir": remote_dir,
+                             "bundle_copied": copied}
+            records.append(_with_env_hash(rec))
+    if not records:
+        raise RemoteError(f"the profiler on {base[-1]} printed no records: {_last_line(proc.stderr)}",
+                          hint="run profile_device.py on the device by hand to see why")
+    if store_path is not None:
+        _store(store_path, records)
+    return records
+
+
+def _with_env_hash(rec: dict) -> dict:
+    try:
+        from ..profiling.environment import env_hash
+    except ImportError:  # profiling not installed: a plain content hash of the env
+        rec.setdefault("env_hash", hashlib.sha256(json.dumps(rec.get("env"), sort_keys=True).encode()).hexdigest()[:16])
+        return rec
+    rec.setdefault("env_hash", env_hash(rec.get("env") or {}))
+    return rec
+
+
+def _store(path: str | Path, records: list[dict]) -> None:
+    try:
+        from ..profiling.store import ProfileStore
+    except ImportError:
+        ProfileStore = None  # noqa: N806
+    if ProfileStore is not None:
+        ProfileStore(path).append(records)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
