@@ -1,0 +1,213 @@
+"""The stitch-switching runtime: integrity, selection, switching under threads, shared weights,
+preprocessing, and that it imports without torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from esta_export.bundle.testing import make_family
+from esta_export.bundle.writer import write_bundle
+from esta_export.runtime import (Bundle, BundleError, EngineMismatchError, IntegrityError,
+                                 NoStitchFitsError, preprocess)
+from esta_export.runtime.tensorrt_check import check_plan
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    job = make_family(tmp_path_factory.mktemp("job"))
+    return write_bundle(job, "cpu", job / "bundle" / "cpu")
+
+
+@pytest.fixture
+def copy(bundle_dir, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def _flip(path, offset=None):
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_open_verifies_and_lists(bundle_dir):
+    b = Bundle.open(bundle_dir)
+    ids = [s.id for s in b.stitches()]
+    assert ids == [0, 1, 2, 3] and b.labels[0] == "class_0"
+    assert all(s.latency_source == "predicted" for s in b.stitches())
+
+
+@pytest.mark.parametrize("rel", ["models/weights.bin", "models/stitch_003.onnx", "esta_runtime/bundle.py"])
+def test_flipped_byte_names_the_file(copy, rel):
+    _flip(copy / rel)
+    with pytest.raises(IntegrityError, match=rel.replace(".", r"\.")) as err:
+        Bundle.open(copy)
+    assert "\n" not in str(err.value)
+
+
+def test_tampered_graph_refused_at_load_even_without_verify(copy):
+    _flip(copy / "models" / "stitch_001.onnx", offset=-3)
+    b = Bundle.open(copy, verify=False)
+    b.run(np.zeros((1, 3, 32, 32), np.float32), stitch_id=0)  # untouched stitch still runs
+    with pytest.raises(IntegrityError, match="stitch_001.onnx.*validated"):
+        b.activate(1)
+
+
+def test_manifest_cannot_point_outside(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"].append({"path": "../outside.txt", "sha256": "0" * 64, "size": 1})
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="leaves the bundle"):
+        Bundle.open(copy)
+
+
+def test_select(bundle_dir):
+    b = Bundle.open(bundle_dir, verify=False)
+    lat = {s.id: s.latency_ms for s in b.stitches()}
+    acc = {s.id: s.accuracy for s in b.stitches()}
+    best = max(acc, key=acc.get)
+    assert b.select().id == best
+    budget = sorted(lat.values())[1]  # two stitches fit
+    fits = [i for i in lat if lat[i] <= budget]
+    assert b.select(latency_budget_ms=budget).id == max(fits, key=acc.get)
+    floor = sorted(acc.values())[1]
+    meeting = [i for i in acc if acc[i] >= floor]
+    assert b.select(min_accuracy=floor).id == min(meeting, key=lat.get)
+    with pytest.raises(NoStitchFitsError, match="raise the budget"):
+        b.select(latency_budget_ms=min(lat.values()) / 2)
+    with pytest.raises(NoStitchFitsError, match="reaches accuracy"):
+        b.select(latency_budget_ms=min(lat.values()), min_accuracy=max(acc.values()))
+    with pytest.raises(NoStitchFitsError, match="not in this bundle"):
+        b.activate(99)
+
+
+def test_shared_weights_load_each_tensor_once(bundle_dir):
+    m = json.loads((bundle_dir / "manifest.json").read_text())
+    shared = Bundle.open(bundle_dir, verify=False, load="all")
+    assert shared.loaded == [0, 1, 2, 3]
+    assert shared._weights.resident_bytes == m["weights"]["unique_bytes"]
+    own = Bundle.open(bundle_dir, verify=False, share_weights=False)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    for sid in shared.loaded:
+        np.testing.assert_array_equal(shared.run(x, stitch_id=sid), own.run(x, stitch_id=sid))
+    shared.activate(0)
+    for sid in (1, 2, 3):
+        shared.unload(sid)
+    assert 0 < shared._weights.resident_bytes < m["weights"]["unique_bytes"]
+    with pytest.raises(BundleError, match="is active"):
+        shared.unload(0)
+
+
+def test_switching_under_threads(bundle_dir):
+    b = Bundle.open(bundle_dir, verify=False, load="all")
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    refs = {sid: b.run(x, stitch_id=sid) for sid in (0, 3)}
+    b.activate(0)
+    errors, outputs, stop = [], [], threading.Event()
+
+    def infer():
+        try:
+            while not stop.is_set():
+                outputs.append(b.run(x))
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    workers = [threading.Thread(target=infer) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for i in range(200):
+        b.activate(3 if i % 2 == 0 else 0)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert not errors and outputs
+    # every result is exactly one stitch's output: no torn state between sessions
+    for out in outputs:
+        assert any(np.array_equal(out, r) for r in refs.values())
+
+
+def test_run_without_activate_uses_selection(bundle_dir):
+    b = Bundle.open(bundle_dir, verify=False)
+    out = b.run(np.zeros((2, 3, 32, 32), np.float32))
+    assert out.shape == (2, 10) and b.active.id == b.select().id
+
+
+def test_preprocess_equals_reference_and_logits_match(bundle_dir):
+    b = Bundle.open(bundle_dir, verify=False)
+    img = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mean = np.array(b.input_spec["mean"], np.float32)
+    std = np.array(b.input_spec["std"], np.float32)
+    ref = ((img.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+    x = b.preprocess(img)
+    assert x.dtype == np.float32 and x.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-6)
+    b.activate(1)
+    np.testing.assert_allclose(b.run(x), b.run(ref.astype(np.float32)), rtol=0, atol=1e-5)
+    top = b.classify(img, top_k=3)
+    assert len(top) == 3 and top[0][0].startswith("class_") and top[0][1] >= top[1][1]
+
+
+def test_bilinear_resize_matches_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    img = np.random.default_rng(4).random((45, 61, 3)).astype(np.float32)
+    spec = {"image_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    ours = preprocess(img, spec)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(img.transpose(2, 0, 1))[None], size=(32, 32),
+                                          mode="bilinear", align_corners=False, antialias=False).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    up = preprocess(img[:20, :20], spec)
+    ref_up = torch.nn.functional.interpolate(torch.from_numpy(img[:20, :20].transpose(2, 0, 1).copy())[None],
+                                             size=(32, 32), mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(up, ref_up, atol=1e-5)
+    near = preprocess((img * 255).astype(np.uint8), spec, resize="nearest")
+    ref_near = torch.nn.functional.interpolate(
+        torch.from_numpy((img * 255).astype(np.uint8).transpose(2, 0, 1).astype(np.float32) / 255)[None],
+        size=(32, 32), mode="nearest-exact").numpy()
+    np.testing.assert_allclose(near, ref_near, atol=1e-6)
+
+
+def test_preprocess_rejects_bad_images():
+    with pytest.raises(BundleError, match="HxWxC"):
+        preprocess(np.zeros((4, 4, 5)), {"image_size": 4})
+
+
+def test_runtime_imports_without_torch_or_onnx():
+    code = ("import sys, esta_export.runtime as r, esta_export.runtime.profiler, esta_export.runtime.tensorrt_check; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','onnx','onnxruntime','onnxscript')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__('pathlib').Path(__file__).parents[1]))
+    assert out.stdout.strip() == "[]"
+
+
+def test_tensorrt_plan_check(tmp_path):
+    plan = tmp_path / "stitch_001.plan"
+    plan.write_bytes(b"engine")
+    here = {"tensorrt_version": "10.3.0", "gpu": "Orin"}
+    with pytest.raises(EngineMismatchError, match="no build record"):
+        check_plan(plan, found=here)
+    (tmp_path / "stitch_001.plan.json").write_text(json.dumps({"tensorrt_version": "10.3.0.30", "gpu": "Orin"}))
+    check_plan(plan, expected={"version": "10.3.0", "gpu": "Orin"}, found=here)
+    with pytest.raises(EngineMismatchError, match="TensorRT 10.3.0.30 built with, but TensorRT 8.6.2"):
+        check_plan(plan, found={"tensorrt_version": "8.6.2", "gpu": "Orin"})
+    with pytest.raises(EngineMismatchError, match="GPU 'Orin' built with"):
+        check_plan(plan, found={"tensorrt_version": "10.3.0", "gpu": "NVIDIA H200"})
+    with pytest.raises(EngineMismatchError, match="expected by the bundle"):
+        check_plan(plan, expected={"version": "10.4.0"}, found=here)
+    with pytest.raises(EngineMismatchError, match="not importable"):
+        check_plan(plan, found={"tensorrt_version": None, "gpu": None})
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.open(tmp_path / "nope")
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Bundle.open(tmp_path)
