@@ -1,0 +1,194 @@
+"""TensorRT backend: everything that runs without TensorRT (capability table, builder decisions,
+trtexec lines, --exportTimes parsing, the device build kit), plus marked tests that need it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esta_export.backends import get_backend, trt_build
+from esta_export.backends.tensorrt import (build_plan, capabilities, on_target_device,
+                                           parse_trtexec_times, trtexec_command)
+from esta_export.errors import BackendUnavailableError, CompileError, ProfileError
+from esta_export.targets import load_target
+from tiny_export import calibration, export_onnx
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _plan(name, precision="fp16"):
+    return build_plan(load_target(name), precision, input_name="pixels", chw=(3, 224, 224),
+                      onnx="s/model.onnx", engine="s/model.plan", layer_info="s/layers.json")
+
+
+def test_capability_table_across_versions():
+    assert capabilities("8.5.2")["explicit_batch_flag"] and not capabilities("8.5.2")["layernorm_op"]
+    assert capabilities("8.5.2")["max_opset"] == 16
+    assert capabilities("8.6.2")["builder_optimization_level"]
+    ten = capabilities("10.3.0")
+    assert not ten["explicit_batch_flag"] and ten["strip_plan"] and not ten["build_engine_api"]
+    assert ten["int8_calibrator"] == "deprecated" and capabilities("10.0.1")["int8_calibrator"] == "supported"
+    with pytest.raises(BackendUnavailableError):
+        capabilities("8.4.1")
+
+
+def test_builder_decisions_per_target():
+    gpu = _plan("jetson-orin")
+    assert gpu["fp16"] and not gpu["int8"] and gpu["dla_core"] is None
+    assert gpu["profile"]["pixels"] == {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224],
+                                        "max": [8, 3, 224, 224]}
+    assert gpu["workspace_bytes"] == 4096 << 20 and not gpu["caps"]["explicit_batch_flag"]
+    dla = _plan("jetson-orin-dla", "int8")
+    assert dla["dla_core"] == 0 and dla["gpu_fallback"] and dla["int8"] and dla["fp16"]
+    assert dla["int8_mode"] == "explicit_qdq"
+    assert dla["profile"]["pixels"]["min"] == dla["profile"]["pixels"]["max"] == [1, 3, 224, 224]
+    jp5 = _plan("jetson-orin-jp5")
+    assert jp5["caps"]["explicit_batch_flag"] and jp5["tensorrt_planned"] == "8.5.2"
+    with pytest.raises(CompileError, match="bf16"):
+        _plan("jetson-orin", "bf16")
+
+
+def test_trtexec_command_lines():
+    cmd = trtexec_command(_plan("jetson-orin-dla"), "s/times.json")
+    assert cmd[0].endswith("trtexec")
+    for flag in ("--onnx=s/model.onnx", "--saveEngine=s/model.plan", "--fp16",
+                 "--useDLACore=0", "--allowGPUFallback", "--minShapes=pixels:1x3x224x224",
+                 "--maxShapes=pixels:1x3x224x224", "--timingCacheFile=timing.cache",
+                 "--exportTimes=s/times.json", "--exportLayerInfo=s/layers.json",
+                 "--profilingVerbosity=detailed", "--memPoolSize=workspace:2048"):
+        assert flag in cmd
+    gpu = trtexec_command(_plan("jetson-orin", "int8"), "t.json")
+    assert "--int8" in gpu and "--maxShapes=pixels:8x3x224x224" in gpu
+    assert not any(c.startswith("--useDLACore") for c in gpu)
+
+
+def _times(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, t = [], 0.0
+    for _ in range(n):
+        h2d, comp, d2h = 0.05, float(rng.uniform(2.0, 3.0)), 0.01
+        rows.append({"startEnqMs": t, "endEnqMs": t + 0.1, "startH2dMs": t + 0.1,
+                     "endH2dMs": t + 0.1 + h2d, "startComputeMs": t + 0.1 + h2d,
+                     "endComputeMs": t + 0.1 + h2d + comp, "startD2hMs": t + 0.1 + h2d + comp,
+                     "endD2hMs": t + 0.1 + h2d + comp + d2h, "h2dMs": h2d, "computeMs": comp,
+                     "d2hMs": d2h, "latencyMs": h2d + comp + d2h})
+        t += 4.0
+    return rows
+
+
+def test_parse_trtexec_times(tmp_path):
+    rows = _times()
+    p = tmp_path / "times.json"
+    p.write_text(json.dumps(rows, indent=1))
+    s = parse_trtexec_times(p)
+    lat = np.array([r["latencyMs"] for r in rows])
+    m = s["metrics"]["latencyMs"]
+    assert s["queries"] == 50 and m["count"] == 50
+    assert m["mean"] == pytest.approx(lat.mean()) and m["median"] == pytest.approx(np.median(lat))
+    assert m["p99"] == pytest.approx(np.percentile(lat, 99)) and m["min"] == pytest.approx(lat.min())
+    assert s["metrics"]["enqueueMs"]["mean"] == pytest.approx(0.1)
+    assert s["metrics"]["h2dMs"]["mean"] == pytest.approx(0.05)
+
+
+def test_parse_trtexec_times_old_names_and_errors(tmp_path):
+    old = [{"startInMs": 0, "endInMs": 0.1, "inMs": 0.1, "computeMs": 1.0, "outMs": 0.2,
+            "latencyMs": 1.3, "endToEndMs": 1.4}] * 3
+    s = parse_trtexec_times(old)
+    assert s["metrics"]["h2dMs"]["mean"] == pytest.approx(0.1)
+    assert s["metrics"]["d2hMs"]["mean"] == pytest.approx(0.2)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"count\": 3}")
+    with pytest.raises(ProfileError, match="per-query"):
+        parse_trtexec_times(bad)
+    with pytest.raises(ProfileError, match="cannot read"):
+        parse_trtexec_times(tmp_path / "missing.json")
+
+
+def test_engine_key_refuses_other_setups():
+    plan = _plan("jetson-orin")
+    fp = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": "R36.4"}
+    key = trt_build.engine_key(plan, "ab" * 32, fp)
+    assert trt_build.check_plan_key(key, key) == []
+    other = trt_build.engine_key(plan, "ab" * 32, dict(fp, tensorrt="8.5.2", gpu="RTX 4090"))
+    assert set(trt_build.check_plan_key(key, other)) == {"tensorrt", "gpu"}
+    assert trt_build.check_plan_key(key, trt_build.engine_key(plan, "cd" * 32, fp)) == ["onnx_sha256"]
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT installed: the kit path is not taken")
+def test_off_device_compile_writes_a_kit(tmp_path):
+    onnx_path = export_onnx(tmp_path / "g" / "s.onnx")
+    t = load_target("jetson-orin")
+    assert on_target_device(t) == (False, "TensorRT is not installed here")
+    b = get_backend("tensorrt")
+    assert not b.available() and b.describe()["version"] is None
+    d = tmp_path / "out" / "stitch_000"
+    art = b.compile(onnx_path, t, d, "fp16")
+    assert not art.built and art.info["device_build_required"]
+    assert {"model.onnx", "build_plan.json"} <= set(art.files)
+    plan = json.loads((d / "build_plan.json").read_text())
+    assert plan["timing_cache"] == "../timing.cache" and plan["profile"]["pixels"]["max"][0] == 8
+    files = b.finalize(tmp_path / "out", t, [{"id": 0, "dir": "stitch_000"}])
+    assert set(files) == {"kit.json", "build_engines.py", "trtexec.sh", "README_DEVICE.md"}
+    out = tmp_path / "out"
+    kit = json.loads((out / "kit.json").read_text())
+    assert kit["tensorrt_planned"] == "10.3" and kit["plans"][0]["onnx"] == "stitch_000/model.onnx"
+    assert (out / "build_engines.py").read_bytes() == Path(trt_build.__file__).read_bytes()
+    readme = (out / "README_DEVICE.md").read_text()
+    assert "steps must run there" in readme and "nvpmodel -m 0" in readme and "NOT build" in readme
+    assert "--saveEngine=stitch_000/model.plan" in (out / "trtexec.sh").read_text()
+    # The standalone script runs without esta-export on the path and says what is missing.
+    r = subprocess.run([sys.executable, "-S", str(out / "build_engines.py"), str(out / "kit.json")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "python3-libnvinfer" in r.stderr
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        b.load(d / "model.plan", t)
+
+
+def test_kit_int8_graph_has_symmetric_qdq(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    onnx_path = export_onnx(tmp_path / "g" / "s.onnx")
+    art = get_backend("tensorrt").compile(onnx_path, load_target("jetson-orin"), tmp_path / "o",
+                                          "int8", calibration=calibration(16))
+    g = onnx.load(str(tmp_path / "o" / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    zps = [inits[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # TensorRT: symmetric int8
+    assert art.info["qdq"]["activations"] == "int8 symmetric"
+
+
+def test_jp5_refuses_layernorm_op(tmp_path):
+    onnx_path = export_onnx(tmp_path / "s.onnx", opset=16)  # opset 16: LayerNorm decomposed by torch
+    get_backend("tensorrt").compile(onnx_path, load_target("jetson-orin-jp5"), tmp_path / "a", "fp16")
+    onnx17 = export_onnx(tmp_path / "s17.onnx", opset=17)
+    with pytest.raises(CompileError, match="opset <= 16"):
+        get_backend("tensorrt").compile(onnx17, load_target("jetson-orin-jp5"), tmp_path / "b", "fp16")
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_TRT, reason="needs the TensorRT Python package and an NVIDIA GPU")
+def test_build_and_run_engine_on_gpu(tmp_path):
+    onnx_path = export_onnx(tmp_path / "s.onnx")
+    t = load_target("nvidia-gpu")
+    b = get_backend("tensorrt")
+    art = b.compile(onnx_path, t, tmp_path / "stitch_000", "fp16")
+    assert art.built
+    x = calibration(4)
+    with b.load(tmp_path / "stitch_000" / art.path, t) as r:
+        assert r.infer(x).shape == (4, 10)
+
+
+@pytest.mark.jetson
+@pytest.mark.skipif(not Path("/etc/nv_tegra_release").exists(), reason="needs a Jetson Orin")
+def test_dla_layer_report_on_jetson(tmp_path):
+    onnx_path = export_onnx(tmp_path / "s.onnx")
+    art = get_backend("tensorrt").compile(onnx_path, load_target("jetson-orin-dla"),
+                                          tmp_path / "stitch_000", "fp16")
+    assert art.info["engine"]["layers"]["layers"] > 0
