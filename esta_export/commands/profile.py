@@ -1,0 +1,106 @@
+"""`esta-export profile COMPILED_DIR --target T`: time every compiled stitch on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import command
+
+
+@command("profile", help="measure the latency and peak memory of every compiled stitch on this "
+                         "machine (interleaved rounds, provenance on every record)")
+class ProfileCommand:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("compiled_dir", metavar="COMPILED_DIR", help="folder holding compile.json")
+        p.add_argument("--target", required=True, help="target name or path to a .toml")
+        p.add_argument("--store", metavar="PATH",
+                       help="profile store (default: OUT/profiles/TARGET.jsonl)")
+        p.add_argument("--budget", "--profile-budget", dest="budget", type=int, metavar="N",
+                       help="time at most N stitches, predict the rest, then time every stitch "
+                            "on the predicted Pareto front")
+        p.add_argument("--runs", type=int, metavar="N", help="minimum timed runs per stitch")
+        p.add_argument("--seconds", type=float, metavar="T",
+                       help="minimum timed seconds per stitch")
+        p.add_argument("--stitches", metavar="IDS", help="comma-separated stitch ids")
+        p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+        p.add_argument("--fresh", action="store_true",
+                       help="measure again even when the store has a matching record")
+        p.add_argument("--remote", metavar="USER@HOST[:PORT]",
+                       help="profile on a device over ssh (needs a bundle: --bundle)")
+        p.add_argument("--bundle", metavar="DIR",
+                       help="bundle folder for --remote (default: OUT/bundle/TARGET)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from ..errors import InputError
+        from ..profiling.compiled import default_store_path, profile_compiled
+        from ..targets import load_target
+
+        target = load_target(args.target)
+        ids = None
+        if args.stitches:
+            try:
+                ids = [int(s) for s in args.stitches.split(",") if s.strip()]
+            except ValueError:
+                raise InputError(f"--stitches {args.stitches!r} is not a list of integers",
+                                 hint="e.g. --stitches 0,3,7") from None
+        for name in ("runs", "seconds"):
+            v = getattr(args, name)
+            if v is not None and v <= 0:
+                raise InputError(f"--{name} must be positive", hint=f"e.g. --{name} 3")
+        compiled = Path(args.compiled_dir)
+        store = Path(args.store) if args.store else default_store_path(compiled, target.name)
+        if args.remote:
+            return _remote(args, compiled, target, store, ids)
+        res = profile_compiled(compiled, target, store, stitch_ids=ids, budget=args.budget,
+                               fresh=args.fresh, min_runs=args.runs, min_seconds=args.seconds,
+                               memory=not args.no_memory, progress=_progress())
+        print(f"{len(res.measured)} stitches measured, {len(res.cached)} reused from {res.store}"
+              + (f", {len(res.predicted)} predicted" if res.predicted else ""))
+        if res.predictor and res.predictor.get("leave_one_out", {}).get("mape") is not None:
+            loo = res.predictor["leave_one_out"]
+            print(f"predictor: leave-one-out MAPE {loo['mape']:.1%}, "
+                  f"{loo['within_10pct']:.0%} within +-10% (n={loo['n_eval']})")
+        for w in res.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0
+
+
+def _progress():
+    if not sys.stderr.isatty():
+        return None
+    last = {"phase": None}
+
+    def say(phase: str, frac: float, detail: str) -> None:
+        if phase != last["phase"] or frac >= 1.0:
+            print(f"  {phase} {detail}".rstrip(), file=sys.stderr)
+            last["phase"] = phase
+    return say
+
+
+def _remote(args, compiled: Path, target, store: Path, ids) -> int:
+    from ..errors import InputError, RemoteError
+    try:
+        from ..bundle.remote import parse_remote, remote_profile
+    except ImportError:
+        raise RemoteError("--remote is not available in this build yet",
+                          hint="copy the compiled folder to the device and run "
+                               "'esta-export profile' there") from None
+    bundle = Path(args.bundle) if args.bundle else compiled.parent.parent / "bundle" / target.name
+    if not (bundle / "manifest.json").is_file():
+        raise InputError(f"--remote needs a bundle; none at {bundle}",
+                         hint=f"run 'esta-export bundle ... --target {target.name}' or pass --bundle")
+    user, host, port = parse_remote(args.remote)
+    kw = {"user": user, "store_path": store, "stitch_ids": ids}
+    if port:
+        kw["port"] = port
+    if args.runs:
+        kw["runs"] = args.runs
+    if args.seconds:
+        kw["seconds"] = args.seconds
+    recs = remote_profile(bundle, host, **kw)
+    print(f"{len(recs)} stitches measured on {args.remote}; records appended to {store}")
+    return 0

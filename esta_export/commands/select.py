@@ -1,0 +1,55 @@
+"""`esta-export select COMPILED_DIR --target T`: Pareto selection by measured latency."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import command
+
+
+@command("select", help="choose stitches on the Pareto front of accuracy vs MEASURED latency "
+                        "(with the FLOPs-based front beside it)")
+class SelectCommand:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("compiled_dir", metavar="COMPILED_DIR", help="folder holding compile.json")
+        p.add_argument("--target", required=True, help="target name or path to a .toml")
+        p.add_argument("--store", metavar="PATH",
+                       help="profile store (default: OUT/profiles/TARGET.jsonl)")
+        p.add_argument("--latency-budget-ms", type=float, metavar="X",
+                       help="only stitches at most this slow (median latency)")
+        p.add_argument("--max-stitches", type=int, metavar="K",
+                       help="at most K stitches, spread along the front by latency")
+        p.add_argument("--min-accuracy", type=float, metavar="A", help="only stitches this good")
+        p.add_argument("--memory", action="store_true",
+                       help="peak memory as a third objective")
+        p.add_argument("--val-data", metavar="DATA.npz",
+                       help="measure top-1 of the compiled artifacts on 'x'/'y' arrays "
+                            "(default: the supernet's recorded accuracy)")
+        p.add_argument("--batch", type=int, help="batch size whose profiles to use")
+        p.add_argument("--out", metavar="FILE", help="selection file (default: OUT/select/TARGET.json)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from ..select import select_compiled
+
+        res = select_compiled(args.compiled_dir, args.target, args.store,
+                              latency_budget_ms=args.latency_budget_ms,
+                              max_stitches=args.max_stitches, min_accuracy=args.min_accuracy,
+                              memory=args.memory, val_data=args.val_data, out_path=args.out,
+                              batch=args.batch)
+        by = {s["id"]: s for s in res["stitches"]}
+        print(f"selection ({res['mode']}, accuracy from {res['accuracy_source']}) -> {res['path']}")
+        for i in res["selected"]:
+            s = by[i]
+            acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
+            flag = " UNSTABLE" if s.get("unstable") else ""
+            print(f"  {i:>4} {s['route'] or '':<24} {s['latency']:.3f} ms ({s['latency_source']})"
+                  f"{flag}  acc {acc}")
+        tau = res["kendall_tau"]
+        print(f"FLOPs vs latency Kendall tau: {'n/a' if tau is None else f'{tau:.3f}'}; "
+              f"{len(res['flops_dominated_on_device'])} FLOPs-front stitches dominated on device")
+        for w in res["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0

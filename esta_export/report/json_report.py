@@ -1,0 +1,122 @@
+"""report.json: what the stages produced, gathered into one versioned document, plus the files
+written beside it (report.html, pareto.png, flops_latency.png).
+
+Inputs are found in the main job's layout (OUT/export, OUT/compiled/<T>, OUT/profiles,
+OUT/select) or given explicitly. The report only gathers and draws: it measures nothing, and
+every warning of every stage is carried through.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InputError
+
+SCHEMA = "esta-export/report"
+SCHEMA_VERSION = "1.0"
+
+
+def _tool_version() -> str:
+    try:
+        from .. import __version__
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def find_inputs(out_dir: str | Path | None = None, *, selections: Sequence[str | Path] = (),
+                compiled: Sequence[str | Path] = ()) -> tuple[list[Path], list[Path]]:
+    """Selection files and compiled folders from an OUT folder and/or explicit paths."""
+    sels = [Path(p) for p in selections]
+    comps = [Path(p) for p in compiled]
+    if out_dir is not None:
+        out = Path(out_dir)
+        if not out.is_dir():
+            raise InputError(f"report folder not found: {out}",
+                             hint="pass the --out folder of the main job (holds select/)")
+        sels += sorted((out / "select").glob("*.json"))
+        comps += sorted(p.parent for p in (out / "compiled").glob("*/compile.json"))
+    if not sels:
+        raise InputError(f"no selection found{f' under {out_dir}/select' if out_dir else ''}",
+                         hint="run 'esta-export select COMPILED_DIR --target T' first, or pass "
+                              "--selection FILE")
+    return sels, comps
+
+
+def build_report(selections: Sequence[Path], compiled: Sequence[Path] = ()) -> dict[str, Any]:
+    from ..fsutil import read_json
+    from ..profiling.environment import describe
+
+    comp_by_target: dict[str, dict[str, Any]] = {}
+    for c in compiled:
+        data = read_json(Path(c) / "compile.json", "compile summary")
+        comp_by_target[data.get("target")] = data
+    targets, warnings = [], []
+    for path in selections:
+        sel = read_json(path, "selection")
+        if sel.get("schema") != "esta-export/selection":
+            raise InputError(f"{path} is not an esta-export selection",
+                             hint="pass a select/<target>.json written by 'esta-export select'")
+        if int(str(sel.get("schema_version", "1")).split(".")[0]) > 1:
+            raise InputError(f"{path} uses selection schema {sel['schema_version']}, newer than "
+                             "this esta-export reads", hint="upgrade esta-export")
+        comp = comp_by_target.get(sel["target"], {})
+        verified = comp.get("verified_on_hardware", sel.get("verified_on_hardware"))
+        tw = list(sel.get("warnings", []))
+        if not verified and not any("not verified on hardware" in w for w in tw):
+            tw.insert(0, f"target {sel['target']} is not verified on hardware")
+        if sel.get("predictor") and sel["predictor"].get("leave_one_out", {}).get("mape") is not None:
+            loo = sel["predictor"]["leave_one_out"]
+            n_pred = sum(s["latency_source"] == "predicted" for s in sel["stitches"])
+            if n_pred:
+                tw.append(f"{n_pred} stitch latencies are predicted, not measured (leave-one-out "
+                          f"MAPE {loo['mape']:.1%}, {loo['within_10pct']:.0%} within +-10%)")
+        warnings += [f"[{sel['target']}] {w}" for w in tw]
+        env = sel.get("env") or {}
+        targets.append({
+            "target": sel["target"], "selection_file": str(path),
+            "backend": comp.get("backend"), "precision": comp.get("precision"),
+            "verified_on_hardware": verified,
+            "compiled": len(comp.get("artifacts", [])) if comp else None,
+            "failed": comp.get("failed", []),
+            "environment": env, "environment_lines": [line for line in describe(env) if line] if env else [],
+            "selection": sel, "warnings": tw,
+        })
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tool_version": _tool_version(),
+            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "targets": targets, "warnings": warnings}
+
+
+def write_report(out_dir: str | Path | None = None, report_dir: str | Path | None = None, *,
+                 selections: Sequence[str | Path] = (), compiled: Sequence[str | Path] = ()
+                 ) -> dict[str, Path]:
+    """Write report.json, report.html and the PNGs; returns their paths."""
+    from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from .html import render_html
+    from .plots import flops_latency_plot, pareto_plot
+
+    sels, comps = find_inputs(out_dir, selections=selections, compiled=compiled)
+    report = build_report(sels, comps)
+    dest = Path(report_dir) if report_dir else (Path(out_dir) / "report" if out_dir
+                                               else sels[0].parent.parent / "report")
+    images: dict[str, bytes] = {}
+    for t in report["targets"]:
+        name = t["target"]
+        images[f"pareto_{name}.png"] = pareto_plot(t["selection"])
+        images[f"flops_latency_{name}.png"] = flops_latency_plot(t["selection"])
+        t["plots"] = [f"pareto_{name}.png", f"flops_latency_{name}.png"]
+    paths: dict[str, Path] = {}
+    for fname, data in images.items():
+        atomic_write_bytes(dest / fname, data)
+        paths[fname] = dest / fname
+    first = report["targets"][0]["target"]
+    # The README shows this one: the first target's measured front.
+    atomic_write_bytes(dest / "pareto.png", images[f"pareto_{first}.png"])
+    atomic_write_bytes(dest / "flops_latency.png", images[f"flops_latency_{first}.png"])
+    atomic_write_text(dest / "report.html", render_html(report, images))
+    atomic_write_json(dest / "report.json", report)  # last: its presence means the report is done
+    paths.update({"pareto.png": dest / "pareto.png", "report.html": dest / "report.html",
+                  "report.json": dest / "report.json"})
+    return paths
