@@ -250,8 +250,10 @@ def select_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pat
                         "left out of the front (pass --val-data)")
     for t in table:
         if t["latency_source"] == "measured" and t["unstable"]:
-            warnings.append(f"stitch {t['id']} latency is unstable (CV "
-                            f"{t['latency_ms']['cv']:.1%}); re-profile --fresh on a quiet machine")
+            metric = (measured[t["id"]].get("protocol") or {}).get("cv_metric", "cv")
+            warnings.append(f"stitch {t['id']} latency is unstable ({metric} "
+                            f"{t['latency_ms'].get(metric, t['latency_ms']['cv']):.1%}); "
+                            "re-profile --fresh on a quiet machine")
     if memory and any(t["latency"] is not None and t["peak_rss_mb"] is None for t in table
                       if t["accuracy"] is not None):
         warnings.append("peak memory is missing for some stitches; they are left out of the "

@@ -54,8 +54,13 @@ def test_stats_from_samples_match_numpy() -> None:
     assert s.p99 == pytest.approx(np.percentile(ms, 99))
     assert s.cv == pytest.approx(ms.std(ddof=1) / ms.mean())
     assert s.seconds == pytest.approx(ns.sum() / 1e9)
-    assert set(s.to_dict()) == {"min", "mean", "median", "p90", "p95", "p99", "std", "cv", "n",
-                                "seconds"}
+    assert set(s.to_dict()) == {"min", "mean", "median", "p90", "p95", "p99", "std", "cv",
+                                "trimmed_cv", "robust_cv", "n", "seconds"}
+    mad = np.median(np.abs(ms - np.median(ms)))
+    assert s.robust_cv == pytest.approx(1.4826 * mad / np.median(ms))
+    # one huge preemption blows up cv but not the robust metrics
+    spiky = LatencyStats.from_ns(np.r_[np.full(99, 1_000_000) + np.arange(99) * 1000, 50_000_000])
+    assert spiky.cv > 0.5 and spiky.robust_cv < 0.1 and spiky.trimmed_cv < 0.1
 
 
 def test_protocol_reaches_count_and_time_for_every_stitch() -> None:
@@ -125,5 +130,7 @@ def test_protocol_from_target_and_overrides() -> None:
     assert p.settings_hash(batch=1) != p.settings_hash(batch=2)
     with pytest.raises(ProfileError):
         TimingProtocol.from_target(None, min_runs=0)
+    with pytest.raises(ProfileError, match="stability metric"):
+        TimingProtocol.from_target(None, cv_metric="nope")
     with pytest.raises(ProfileError):
         profile_runners({"a": OrtRunner(mlp_graph(8, 1))})

@@ -25,6 +25,8 @@ class ProfileCommand:
         p.add_argument("--seconds", type=float, metavar="T",
                        help="minimum timed seconds per stitch")
         p.add_argument("--stitches", metavar="IDS", help="comma-separated stitch ids")
+        p.add_argument("--stability", choices=("cv", "trimmed_cv", "robust_cv"),
+                       help="dispersion that flags a stitch unstable (default: cv = std/mean)")
         p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
         p.add_argument("--fresh", action="store_true",
                        help="measure again even when the store has a matching record")
@@ -57,7 +59,8 @@ class ProfileCommand:
             return _remote(args, compiled, target, store, ids)
         res = profile_compiled(compiled, target, store, stitch_ids=ids, budget=args.budget,
                                fresh=args.fresh, min_runs=args.runs, min_seconds=args.seconds,
-                               memory=not args.no_memory, progress=_progress())
+                               memory=not args.no_memory, progress=_progress(),
+                               cv_metric=args.stability)
         print(f"{len(res.measured)} stitches measured, {len(res.cached)} reused from {res.store}"
               + (f", {len(res.predicted)} predicted" if res.predicted else ""))
         if res.predictor and res.predictor.get("leave_one_out", {}).get("mape") is not None:

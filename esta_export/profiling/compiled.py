@@ -121,8 +121,8 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                      *, stitch_ids: Sequence[Hashable] | None = None, budget: int | None = None,
                      fresh: bool = False, progress: ProgressFn | None = None,
                      min_runs: int | None = None, min_seconds: float | None = None,
-                     memory: bool = True, batch_sizes: Sequence[int] | None = None
-                     ) -> ProfileResult:
+                     memory: bool = True, batch_sizes: Sequence[int] | None = None,
+                     cv_metric: str | None = None) -> ProfileResult:
     """Measure the compiled stitches of ``compiled_dir`` on this machine (see module doc)."""
     from ..backends import get_backend
     from ..predict import LatencyModel, choose_profile_subset, leave_one_out
@@ -158,7 +158,8 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
     store = ProfileStore(store_path or default_store_path(compiled_dir, target.name))
     backend_name = comp.get("backend") or target.backend
     backend = get_backend(backend_name)
-    proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds)
+    proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds,
+                                       cv_metric=cv_metric)
     threads = getattr(getattr(target, "execution", None), "threads", None)
     env = fingerprint(threads=threads or None)
     ehash = env_hash(env)
@@ -254,9 +255,11 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                                    "may still be predicted (raise --profile-budget)")
     for rec in result.records.values():
         if rec.get("unstable"):
+            metric = (rec.get("protocol") or {}).get("cv_metric", "cv")
             result.warnings.append(
-                f"stitch {rec['stitch_id']} latency is unstable (CV {rec['latency_ms']['cv']:.1%} "
-                f"after {rec.get('attempts', 1)} attempts); quiet the machine and re-profile --fresh")
+                f"stitch {rec['stitch_id']} latency is unstable ({metric} "
+                f"{rec['latency_ms'].get(metric, rec['latency_ms']['cv']):.1%} after "
+                f"{rec.get('attempts', 1)} attempts); quiet the machine and re-profile --fresh")
     held = [(r["predicted_before_ms"], r["latency_ms"]["median"]) for r in result.measured.values()
             if r.get("predicted_before_ms")]
     if held and result.predictor is not None:

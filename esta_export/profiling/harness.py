@@ -26,6 +26,8 @@ class Runner(TypingProtocol):
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
 
+CV_METRICS = ("cv", "trimmed_cv", "robust_cv")
+
 # progress(phase, fraction in [0, 1], detail): one callback type for every long stage.
 ProgressFn = Callable[[str, float, str], None]
 
@@ -43,6 +45,11 @@ class TimingProtocol:
     # A stitch stops being timed after this many seconds even if the count is not reached, so one
     # very slow stitch on a small board cannot stall the whole run (recorded: n tells the truth).
     max_seconds: float = 60.0
+    # Which dispersion decides "unstable": "cv" (std/mean over all runs, the strict default),
+    # "trimmed_cv" (middle 80% of runs, as HAT trims) or "robust_cv" (1.4826 MAD / median). On a
+    # shared machine, scheduler preemptions (a few ms) dominate "cv" of sub-millisecond graphs
+    # while the median, which selection uses, stays put; the robust metrics say that.
+    cv_metric: str = "cv"
     clock: str = "time.perf_counter_ns"
     order: str = "interleaved rounds, start rotated each round"
 
@@ -57,7 +64,7 @@ class TimingProtocol:
             found: dict[str, Any] = {}
             sources = [target, getattr(target, "profile", None), getattr(target, "measure", None)]
             for name in ("warmup_s", "warmup_min", "min_runs", "min_seconds", "cv_threshold",
-                         "max_remeasure", "max_seconds"):
+                         "max_remeasure", "max_seconds", "cv_metric"):
                 for src in sources:
                     if src is None:
                         continue
@@ -74,6 +81,9 @@ class TimingProtocol:
         if self.min_runs < 1 or self.warmup_min < 0:
             raise ProfileError(f"profiling needs at least 1 run per stitch (got {self.min_runs})",
                                hint="pass --runs 1 or more")
+        if self.cv_metric not in CV_METRICS:
+            raise ProfileError(f"unknown stability metric {self.cv_metric!r}",
+                               hint=f"use one of: {', '.join(CV_METRICS)}")
         if self.min_seconds < 0 or self.warmup_s < 0 or self.cv_threshold <= 0:
             raise ProfileError("profiling times and the CV threshold must be positive",
                                hint="check --seconds and the target's profile settings")
@@ -99,6 +109,8 @@ class LatencyStats:
     p99: float
     std: float
     cv: float
+    trimmed_cv: float
+    robust_cv: float
     n: int
     seconds: float
     unstable: bool = False
@@ -113,15 +125,20 @@ class LatencyStats:
         ms = ns / 1e6
         mean = float(ms.mean())
         std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
-        p90, p95, p99, median = (float(v) for v in np.percentile(ms, [90, 95, 99, 50]))
+        p10, p90, p95, p99, median = (float(v) for v in np.percentile(ms, [10, 90, 95, 99, 50]))
+        mid = ms[(ms >= p10) & (ms <= p90)]
+        t_cv = float(mid.std(ddof=1) / mid.mean()) if mid.size > 1 and mid.mean() > 0 else 0.0
+        mad = float(np.median(np.abs(ms - median)))
         return cls(min=float(ms.min()), mean=mean, median=median, p90=p90, p95=p95, p99=p99,
-                   std=std, cv=std / mean if mean > 0 else 0.0, n=int(ms.size),
+                   std=std, cv=std / mean if mean > 0 else 0.0, trimmed_cv=t_cv,
+                   robust_cv=1.4826 * mad / median if median > 0 else 0.0, n=int(ms.size),
                    seconds=float(ns.sum() / 1e9), samples_ms=ms.tolist(), **kw)
 
     def to_dict(self) -> dict[str, Any]:
         """The record's ``latency_ms`` block (samples are kept out of the store: too big)."""
         return {k: getattr(self, k) for k in
-                ("min", "mean", "median", "p90", "p95", "p99", "std", "cv", "n", "seconds")}
+                ("min", "mean", "median", "p90", "p95", "p99", "std", "cv", "trimmed_cv",
+                 "robust_cv", "n", "seconds")}
 
 
 def _call(runner: Runner, x: np.ndarray) -> int:
@@ -174,7 +191,7 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
                     warmup_s: float | None = None, warmup_min: int | None = None,
                     min_runs: int | None = None, min_seconds: float | None = None,
                     cv_threshold: float | None = None, max_remeasure: int | None = None,
-                    progress: ProgressFn | None = None, seed: int = 0) -> dict[Hashable, LatencyStats]:
+                    cv_metric: str | None = None, progress: ProgressFn | None = None, seed: int = 0) -> dict[Hashable, LatencyStats]:
     """Time every runner with the protocol; returns latency statistics per id.
 
     ``inputs`` (or a seeded random tensor of ``input_shape``) is created once and reused: the
@@ -185,7 +202,8 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
     proto = protocol or TimingProtocol()
     proto = replace(proto, **{k: v for k, v in dict(
         warmup_s=warmup_s, warmup_min=warmup_min, min_runs=min_runs, min_seconds=min_seconds,
-        cv_threshold=cv_threshold, max_remeasure=max_remeasure).items() if v is not None})
+        cv_threshold=cv_threshold, max_remeasure=max_remeasure, cv_metric=cv_metric).items()
+        if v is not None})
     proto.check()
     if inputs is None:
         if input_shape is None:
@@ -203,7 +221,8 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
     stats = {i: LatencyStats.from_ns(s) for i, s in samples.items()}
 
     for attempt in range(2, proto.max_remeasure + 2):
-        shaky = {i: runners[i] for i, s in stats.items() if s.cv > proto.cv_threshold}
+        shaky = {i: runners[i] for i, s in stats.items()
+                 if getattr(s, proto.cv_metric) > proto.cv_threshold}
         if not shaky:
             break
         say("re-measure", 0.0, f"{len(shaky)} unstable (attempt {attempt})")
@@ -214,6 +233,6 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
             # A fresh attempt replaces the old one (no cherry-picking the best of several).
             stats[i] = LatencyStats.from_ns(s, attempts=attempt)
     for s in stats.values():
-        s.unstable = s.cv > proto.cv_threshold
+        s.unstable = getattr(s, proto.cv_metric) > proto.cv_threshold
     say("done", 1.0, "")
     return stats
