@@ -23,6 +23,16 @@ from .preprocess import softmax
 from .weights import SharedWeights
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed while building a session back to the OS (glibc keeps it otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to do
+        pass
+
+
 @dataclass(frozen=True)
 class Stitch:
     id: int
@@ -40,12 +50,15 @@ class Bundle:
     """A deployed stitch family. Open with :meth:`Bundle.open`."""
 
     def __init__(self, root: Path, manifest: dict, *, share_weights: bool, providers, threads,
-                 latency_stat: str) -> None:
+                 latency_stat: str, memory_arena: bool | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self.input_spec: dict = manifest["input"]
         self.labels: list[str] | None = self.input_spec.get("labels")
         self.share_weights = share_weights
+        # ORT's CPU arena keeps each session's peak activations reserved; with several sessions
+        # loaded that reserve dominates, so it is off when memory is the point (sharing weights).
+        self.memory_arena = (not share_weights) if memory_arena is None else memory_arena
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
         self.latency_stat = latency_stat
@@ -66,7 +79,8 @@ class Bundle:
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True, load: str = "lazy",
              share_weights: bool = True, providers: Iterable[str] | None = None,
-             threads: int | None = None, latency_stat: str = "median") -> "Bundle":
+             threads: int | None = None, latency_stat: str = "median",
+             memory_arena: bool | None = None) -> "Bundle":
         """Open the bundle at ``path``.
 
         verify: hash every file against the manifest first (a flipped byte raises IntegrityError
@@ -74,6 +88,7 @@ class Bundle:
         load: "lazy" (sessions on first use) or "all" (every stitch now).
         share_weights: one copy of each unique tensor for all sessions (ONNX Runtime's weight
         prepacking is turned off then: it would copy every weight per session again).
+        memory_arena: ONNX Runtime's CPU memory arena (default: off when sharing weights).
         """
         root = Path(path)
         if not root.is_dir():
@@ -84,7 +99,7 @@ class Bundle:
         if load not in ("lazy", "all"):
             raise BundleError(f"load={load!r} is not 'lazy' or 'all'")
         b = cls(root, manifest, share_weights=share_weights, providers=providers, threads=threads,
-                latency_stat=latency_stat)
+                latency_stat=latency_stat, memory_arena=memory_arena)
         if load == "all":
             for sid in b._entries:
                 b.load(sid)
@@ -156,6 +171,7 @@ class Bundle:
         with self._load_locks[sid]:
             if sid not in self._sessions:
                 self._sessions[sid] = self._create_session(self._entries[sid])
+                _release_free_memory()
         return self._sessions[sid]
 
     def _create_session(self, entry: dict):
@@ -171,6 +187,7 @@ class Bundle:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        so.enable_cpu_mem_arena = self.memory_arena
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
         if self._weights is not None:
