@@ -211,3 +211,23 @@ def test_open_errors(tmp_path):
         Bundle.open(tmp_path / "nope")
     with pytest.raises(BundleError, match="no manifest.json"):
         Bundle.open(tmp_path)
+
+
+def test_engine_status_refuses_plans_from_another_setup(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    m["target"]["tensorrt"] = {"version": "10.3", "gpu": "NVIDIA Jetson AGX Orin 64GB"}
+    for s in m["stitches"]:
+        s["engine"] = {"path": f"engines/stitch_{s['id']:03d}.plan", "built": False}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    (copy / "engines").mkdir()
+    (copy / "engines" / "stitch_000.plan").write_bytes(b"plan")
+    (copy / "engines" / "stitch_000.plan.json").write_text(json.dumps(
+        {"key": {"tensorrt": "10.3.0", "gpu": "NVIDIA Jetson AGX Orin 64GB"}}))
+    (copy / "engines" / "stitch_001.plan").write_bytes(b"plan")
+    (copy / "engines" / "stitch_001.plan.json").write_text(json.dumps(
+        {"key": {"tensorrt": "8.6.2", "gpu": "NVIDIA Jetson AGX Orin 64GB"}}))
+    here = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA Jetson AGX Orin 64GB"}
+    status = Bundle.open(copy).engine_status(found=here)
+    assert status[0] == "ok" and status[2] == "not built" and "TensorRT 8.6.2 built with" in status[1]
+    other_gpu = Bundle.open(copy).engine_status(found={"tensorrt_version": "10.3.0", "gpu": "Orin Nano"})
+    assert "GPU" in other_gpu[0]

@@ -9,12 +9,14 @@ same kind of connection (skipped when the device already holds this exact bundle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 from ..errors import InputError, RemoteError
@@ -76,18 +78,35 @@ def _copy_bundle(bundle_dir: Path, base: list[str], remote_dir: str, timeout: fl
     have = _run(base, f"cat {q}/{MANIFEST} 2>/dev/null || true", "reading the remote manifest", timeout=timeout)
     if have.stdout == local_manifest:
         return False
-    import io
-
-    buf = io.BytesIO()  # streamed in memory: bundles are tens to hundreds of MB
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        for path in sorted(bundle_dir.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                tar.add(str(path), arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
     cmd = (f"rm -rf {q}.part && mkdir -p {q}.part && tar -xzf - -C {q}.part && "
            f"rm -rf {q} && mv {q}.part {q}")
-    proc = _run(base, cmd, "copying the bundle", stdin=buf.getvalue(), timeout=timeout)
-    if proc.returncode != 0:
-        raise RemoteError(f"copying the bundle to {base[-1]}:{remote_dir} failed: {_last_line(proc.stderr)}",
+    # Stream the tar straight into ssh: bundles are tens to hundreds of MB. stderr goes to a file
+    # so a chatty remote cannot fill a pipe while we are still writing.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(base + [cmd], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            with tarfile.open(fileobj=proc.stdin, mode="w|gz") as tar:
+                for path in sorted(bundle_dir.rglob("*")):
+                    if path.is_file() and "__pycache__" not in path.parts:
+                        tar.add(str(path), arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
+        except BrokenPipeError:
+            pass  # the remote side ended early; its exit status and stderr say why
+        finally:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                proc.stdin.close()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RemoteError(f"copying the bundle to {base[-1]} did not finish within {timeout:.0f} s",
+                              hint="raise the timeout or check the link") from None
+        err.seek(0)
+        stderr = err.read()
+    if code == 255:
+        raise RemoteError(f"cannot reach {base[-1]} over SSH: {_last_line(stderr)}",
+                          hint="check host, port and key")
+    if code != 0:
+        raise RemoteError(f"copying the bundle to {base[-1]}:{remote_dir} failed: {_last_line(stderr)}",
                           hint="check free space and that tar exists on the device")
     return True
 

@@ -49,18 +49,30 @@ def _latest_profiles(path: Path | None) -> dict[str, dict]:
     return out
 
 
-def _latency(sel_entry: dict | None, compiled_sha: str, profiles: dict[str, dict]) -> dict | None:
-    if sel_entry and sel_entry.get("latency"):
-        lat = dict(sel_entry["latency"])
-        lat.setdefault("provenance", "selection (esta-export select)")
-        return lat
+def _latency(sel: dict | None, compiled_sha: str, profiles: dict[str, dict]) -> dict | None:
+    """Latency statistics with where they came from: the selection, else the profile store."""
+    if sel:
+        stats = sel.get("latency_ms") if isinstance(sel.get("latency_ms"), dict) else None
+        if isinstance(sel.get("latency"), dict):
+            stats = sel["latency"]
+        if stats is not None or isinstance(sel.get("latency"), (int, float)):
+            lat = dict(stats or {})
+            if isinstance(sel.get("latency"), (int, float)):
+                lat.setdefault("median", sel["latency"])
+            lat["source"] = lat.get("source") or sel.get("latency_source") or "measured"
+            lat.setdefault("provenance", {"from": "selection (esta-export select)",
+                                          "env_hash": sel.get("env_hash")})
+            if sel.get("unstable") is not None:
+                lat.setdefault("unstable", bool(sel["unstable"]))
+            return lat
     rec = profiles.get(compiled_sha)
     if rec:
         lat = {k: v for k, v in rec.get("latency_ms", {}).items()}
         lat["source"] = "measured"
         env = rec.get("env", {})
-        lat["provenance"] = {k: env.get(k) for k in ("hostname", "machine", "cpu_model", "runtime",
-                                                     "runtime_version", "threads") if k in env}
+        lat["provenance"] = {"from": "profile store", "env_hash": rec.get("env_hash"),
+                             **{k: env.get(k) for k in ("hostname", "machine", "cpu_model", "threads") if k in env}}
+        lat["unstable"] = bool(rec.get("unstable"))
         return lat
     return None
 
@@ -123,6 +135,11 @@ def _make_readable(root: Path) -> None:
             os.chmod(Path(dirpath) / name, 0o666 & ~mask)
 
 
+def _first(*sources: dict | None, key: str):
+    """The first non-null value of ``key`` (selection first, then the export summary)."""
+    return next((d[key] for d in sources if d and d.get(key) is not None), None)
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
     old = None
     if final.exists():
@@ -152,6 +169,8 @@ def _plan(export: dict, compiled: dict, select: dict | None) -> dict:
         route = (art or exported.get(sid) or {}).get("route")
         if art is None:
             excluded.append({"id": sid, "route": route, "reason": failed.get(sid, "no compiled artifact")})
+        elif (art.get("validation") or {}).get("passed") is None and compiled.get("device_build_required"):
+            include.append(sid)  # engine validated on the device after its build; the graph was at export
         elif not (art.get("validation") or {}).get("passed", False):
             excluded.append({"id": sid, "route": route,
                              "reason": failed.get(sid) or f"validation failed: {art.get('validation')}"})
@@ -176,7 +195,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     for sid in plan["include"]:
         art = plan["artifacts"][sid]
         src = compiled_dir / art["path"]
-        if not src.is_file():
+        if not src.is_file() and not (src.suffix == ".plan" and not art.get("built", True)):
             raise BundleError(f"compiled artifact {src} of stitch {sid} is missing",
                               hint="re-run esta-export compile")
         exp = plan["exported"].get(sid, {})
@@ -184,15 +203,21 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
         entry = {"id": sid, "route": art.get("route") or exp.get("route"),
                  "flops": (sel or exp).get("flops"), "params": (sel or exp).get("params"),
                  "latency": _latency(sel, art.get("sha256", ""), profiles),
-                 "accuracy": (sel or {}).get("accuracy", exp.get("accuracy")),
-                 "accuracy_source": (sel or {}).get("accuracy_source", exp.get("accuracy_source")),
+                 "accuracy": _first(sel, exp, key="accuracy"),
+                 "accuracy_source": _first(sel, exp, key="accuracy_source"),
                  "validation": art.get("validation")}
-        if src.suffix == ".onnx":
-            model = onnx.load(str(src), load_external_data=True)
+        onnx_rel = art["path"] if src.suffix == ".onnx" else next(
+            (f for f in (art.get("files") or {}) if f.endswith(".onnx")), None)
+        if onnx_rel is not None:
+            # ONNX graphs (the ORT artifact itself, or the graph a device engine is built from)
+            model = onnx.load(str(compiled_dir / onnx_rel), load_external_data=True)
             packer.add_model(sid, model)
             rel = f"models/stitch_{sid:03d}.onnx"
             onnx.save_model(model, str(root / rel))
-            entry["artifact"] = {"format": "onnx", "path": rel, "compiled_sha256": art.get("sha256")}
+            entry["artifact"] = {"format": "onnx", "path": rel, "compiled_sha256": art.get("sha256"),
+                                 "source": onnx_rel}
+            if src.suffix == ".plan":
+                entry["engine"] = _copy_engine(root, compiled_dir, art, sid)
         else:  # other formats (OpenVINO IR, ...) are copied with their files as compiled
             rel_dir = f"models/stitch_{sid:03d}"
             for relf in art.get("files") or {art["path"]: None}:
@@ -206,13 +231,15 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     atomic_write_text(models / "weights.json", json.dumps(index, separators=(",", ":")))
     from ..runtime.integrity import sha256_file
 
+    reference = _reference(compiled, compiled_dir)
     for entry in stitches:
         entry["artifact"]["sha256"] = sha256_file(root / entry["artifact"]["path"])
         if check_outputs and entry["artifact"]["format"] == "onnx":
-            entry["bundle_check"] = _check_same_outputs(compiled_dir / plan["artifacts"][entry["id"]]["path"],
-                                                        root / entry["artifact"]["path"], spec)
+            entry["bundle_check"] = _check_same_outputs(
+                compiled_dir / entry["artifact"]["source"], root / entry["artifact"]["path"], spec,
+                reference, entry["id"])
     tensorrt = None
-    if device_build:
+    if device_build or compiled.get("backend") == "tensorrt":
         tensorrt = _copy_device_build(root, compiled, compiled_dir, plan)
     _copy_runtime(root)
     target_info = {"name": target, "backend": compiled.get("backend"), "precision": compiled.get("precision"),
@@ -234,47 +261,101 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     return manifest
 
 
-def _check_same_outputs(original: Path, repacked: Path, spec: dict) -> dict:
-    """Run the compiled artifact and the bundled graph on one input: the repack must change nothing."""
+def _reference(compiled: dict, compiled_dir: Path):
+    """The compile stage's reference inputs and fp32 outputs (reference.npz), if it wrote them."""
+    import numpy as np
+
+    rel = compiled.get("reference")
+    if not rel or not (compiled_dir / rel).is_file():
+        return None
+    with np.load(compiled_dir / rel, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _check_same_outputs(original: Path, repacked: Path, spec: dict, reference, sid: int) -> dict:
+    """The repacked graph must give exactly what the compiled one gave (and say how far both are
+    from the fp32 reference the artifact was validated against)."""
     import numpy as np
     import onnxruntime as ort
 
-    shape = [1 if not isinstance(d, int) else d for d in spec.get("shape", [1, 3, 224, 224])]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     name = spec.get("name", "pixels")
+    if reference is not None and "x" in reference:
+        x, what = reference["x"].astype(np.float32), f"compile reference inputs ({len(reference['x'])})"
+    else:
+        shape = [1 if not isinstance(d, int) else d for d in spec.get("shape", [1, 3, 224, 224])]
+        x, what = np.random.default_rng(0).standard_normal(shape).astype(np.float32), "standard normal, seed 0"
     outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
             for p in (original, repacked)]
     diff = float(np.max(np.abs(outs[0] - outs[1])))
     if diff > 1e-6:
         raise BundleError(f"bundled graph {repacked.name} differs from its compiled artifact by {diff:.3g}",
                           hint="this is a bug in the bundle writer; please report it")
-    return {"max_abs_diff_vs_compiled": diff, "input": "standard normal, seed 0, batch 1",
-            "runtime": f"onnxruntime {ort.__version__}"}
+    check = {"max_abs_diff_vs_compiled": diff, "input": what, "runtime": f"onnxruntime {ort.__version__}"}
+    ref = None if reference is None else reference.get(f"ref_{sid}")
+    if ref is not None:
+        check["max_abs_error_vs_reference"] = float(np.max(np.abs(outs[1] - ref)))
+    return check
+
+
+def _copy_engine(root: Path, compiled_dir: Path, art: dict, sid: int) -> dict:
+    """A TensorRT plan: copied when compile built it (with its build record), else built on the device."""
+    engine = {"path": f"engines/stitch_{sid:03d}.plan", "built": False}
+    src = compiled_dir / art["path"]
+    meta = src.with_name(src.name + ".json")
+    if art.get("built") and src.is_file() and meta.is_file():
+        (root / "engines").mkdir(exist_ok=True)
+        shutil.copy2(src, root / engine["path"])
+        shutil.copy2(meta, root / (engine["path"] + ".json"))
+        engine["built"] = True
+    return engine
 
 
 def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dict) -> dict:
-    """TensorRT: engines are built on the device; ship the build kit compile wrote next to the graphs."""
-    kit = root / "device_build"
-    kit.mkdir()
-    skip = {plan["artifacts"][sid]["path"] for sid in plan["include"]}
+    """TensorRT: engines are built on the device. Ship compile's build kit, re-pointed at the
+    bundle's graphs (models/), so ``python3 build_engines.py kit.json`` works from the bundle root."""
+    kit_path = compiled_dir / "kit.json"
+    kit = json.loads(kit_path.read_text()) if kit_path.is_file() else {}
+    by_id = {int(p["id"]): p for p in kit.get("plans", []) if "id" in p}
+    plans = []
+    from ..runtime.integrity import sha256_file
+
     for sid in plan["include"]:
-        for rel in (plan["artifacts"][sid].get("files") or {}):
-            src = compiled_dir / rel
-            if rel in skip or src.suffix in (".onnx", ".bin", ".data") or not src.is_file():
-                continue
-            (kit / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, kit / rel)
-    for rel in compiled.get("build_kit", []) or []:
-        src = compiled_dir / rel
-        if src.is_file():
-            (kit / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, kit / rel)
+        p = dict(by_id.get(sid) or {})
+        if not p:
+            continue
+        p["onnx"] = f"models/stitch_{sid:03d}.onnx"
+        p["engine"] = f"engines/stitch_{sid:03d}.plan"
+        p["layer_info"] = f"engines/stitch_{sid:03d}.layers.json"
+        p["timing_cache"] = "timing.cache"
+        p["onnx_sha256"] = sha256_file(root / p["onnx"])
+        plans.append(p)
+    if kit:
+        kit.update(plans=plans, timing_cache="timing.cache")
+        atomic_write_json(root / "kit.json", kit)
+        lines = ["#!/bin/sh", "# Run on the target device, from this folder.", "set -e", "mkdir -p engines"]
+        try:
+            import shlex
+
+            from ..backends.tensorrt import trtexec_command
+
+            lines += [shlex.join(trtexec_command(p, f"engines/stitch_{p['id']:03d}.times.json")) for p in plans]
+            atomic_write_text(root / "trtexec.sh", "\n".join(lines) + "\n")
+        except ImportError:
+            pass
+    for rel in ("build_engines.py", "README_DEVICE.md", *(compiled.get("build_kit") or [])):
+        if (compiled_dir / rel).is_file() and rel not in ("kit.json", "trtexec.sh"):
+            shutil.copy2(compiled_dir / rel, root / Path(rel).name)
+    if (compiled_dir / "timing.cache").is_file():
+        shutil.copy2(compiled_dir / "timing.cache", root / "timing.cache")
     runtime = compiled.get("runtime") or {}
-    return {"version": runtime.get("tensorrt") if isinstance(runtime, dict) else None,
-            "gpu": compiled.get("gpu") or compiled.get("device"),
-            "timing_cache": compiled.get("timing_cache", "device_build/timing.cache"),
-            "note": "engines are built on the device; the runtime refuses a plan built for another "
-                    "TensorRT version or GPU (esta_runtime.tensorrt_check)"}
+    version = kit.get("tensorrt_planned") or (runtime.get("tensorrt") if isinstance(runtime, dict) else None)
+    if not version and isinstance(runtime, dict) and runtime.get("runtime") == "tensorrt":
+        version = runtime.get("version")
+    return {"version": version, "gpu": kit.get("device") or compiled.get("gpu"),
+            "module": kit.get("module"), "jetpack": kit.get("jetpack"), "l4t": kit.get("l4t"),
+            "kit": "kit.json" if kit else None, "timing_cache": "timing.cache",
+            "note": "engines are built on the device (python3 build_engines.py kit.json); a plan built "
+                    "for another TensorRT version or GPU is refused (esta_runtime.tensorrt_check)"}
 
 
 def _copy_runtime(root: Path) -> None:
@@ -303,12 +384,14 @@ def _write_docs(root: Path, manifest: dict) -> None:
     spec = manifest["input"]
     verified = t.get("verified_on_hardware")
     device_build = ""
-    if t.get("device_build_required"):
-        trt = t.get("tensorrt") or {}
-        device_build = (f"\n## Build the engines on the device (TensorRT)\nThe ONNX graphs are in `models/`; "
-                        f"the build kit is in `device_build/`. Expected TensorRT {trt.get('version')} on "
-                        f"{trt.get('gpu')}; timing cache: `{trt.get('timing_cache')}`. A plan built for another "
-                        f"TensorRT version or GPU is refused at load time.\n")
+    if t.get("tensorrt"):
+        trt = t["tensorrt"]
+        device_build = (f"\n## TensorRT engines (built on the device)\nThe ONNX graphs are in `models/`. Build "
+                        f"the engines into `engines/` with `python3 build_engines.py kit.json` (or `sh trtexec.sh`) "
+                        f"on the device. Planned for TensorRT {trt.get('version')} on {trt.get('gpu')}; timing "
+                        f"cache `{trt.get('timing_cache')}`. A plan built for another TensorRT version or GPU is "
+                        f"refused (`esta_runtime.tensorrt_check.check_plan`). Until the engines exist, "
+                        f"`app.py` runs the ONNX graphs with ONNX Runtime.\n")
     runtime_req = "onnxruntime" if t.get("backend") in (None, "onnxruntime") else f"{t.get('backend')}"
     text = (TEMPLATES / "README.md.tmpl").read_text().format(
         target=t["name"], num_stitches=len(manifest["stitches"]), backend=t.get("backend"),

@@ -245,6 +245,32 @@ class Bundle:
         name = self.input_spec.get("name", "pixels")
         return session.run(None, {name: x})[0]
 
+    def engine_status(self, found: dict | None = None) -> dict[int, str]:
+        """TensorRT bundles: per stitch "ok", "not built", or why its plan is refused here.
+
+        ``found`` describes this device ({"tensorrt_version", "gpu"}); read from it by default.
+        """
+        from .errors import EngineMismatchError
+        from .tensorrt_check import check_plan, found_environment
+
+        expected = (self.manifest.get("target") or {}).get("tensorrt")
+        found = found if found is not None else found_environment()
+        status = {}
+        for sid, entry in self._entries.items():
+            engine = entry.get("engine")
+            if not engine:
+                continue
+            path = resolve_inside(self.root, engine["path"])
+            if not path.is_file():
+                status[sid] = "not built"
+                continue
+            try:
+                check_plan(path, expected, found)
+                status[sid] = "ok"
+            except EngineMismatchError as err:
+                status[sid] = str(err)
+        return status
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         return _preprocess(image, self.input_spec)
 

@@ -45,7 +45,7 @@ def check_plan(plan_path: str | Path, expected: dict | None = None, found: dict 
     """Raise EngineMismatchError unless the plan's build record matches this device.
 
     ``expected`` is the manifest's ``target.tensorrt`` ({"version", "gpu"}); ``found`` defaults to
-    :func:`found_environment`. The TensorRT version must match to the patch level (major.minor.patch).
+    :func:`found_environment`. Versions must match to the patch level, or as far as a record goes.
     """
     plan_path = Path(plan_path)
     meta_path = plan_path.with_name(plan_path.name + ".json")
@@ -53,13 +53,17 @@ def check_plan(plan_path: str | Path, expected: dict | None = None, found: dict 
         raise EngineMismatchError(f"{plan_path.name} has no build record ({meta_path.name})",
                                   hint="rebuild the plan with the bundle's build_engines.py on this device")
     built = json.loads(meta_path.read_text())
+    built = built.get("key", built)  # build_engines.py writes {"key": {"tensorrt", "gpu", ...}, ...}
     found = found if found is not None else found_environment()
     if found.get("tensorrt_version") is None:
         raise EngineMismatchError("TensorRT is not importable here",
                                   hint="install the TensorRT Python bindings (Jetson: apt python3-libnvinfer)")
     for what, have in (("built with", built), ("expected by the bundle", expected or {})):
-        want_v = have.get("tensorrt_version") or have.get("version")
-        if want_v and _version_key(want_v) != _version_key(found["tensorrt_version"]):
+        want_v = have.get("tensorrt_version") or have.get("tensorrt") or have.get("version")
+        # As precise as the record is: a bundle planned for "10.3" accepts any 10.3.x; a plan
+        # built with 10.3.0.30 needs 10.3.0.
+        n = min(3, len(str(want_v).split("."))) if want_v else 0
+        if want_v and _version_key(want_v, n) != _version_key(found["tensorrt_version"], n):
             raise EngineMismatchError(
                 f"{plan_path.name}: TensorRT {want_v} {what}, but TensorRT {found['tensorrt_version']} "
                 f"is installed", hint="rebuild the plan on this device with build_engines.py")
