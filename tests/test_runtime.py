@@ -231,3 +231,14 @@ def test_engine_status_refuses_plans_from_another_setup(copy):
     assert status[0] == "ok" and status[2] == "not built" and "TensorRT 8.6.2 built with" in status[1]
     other_gpu = Bundle.open(copy).engine_status(found={"tensorrt_version": "10.3.0", "gpu": "Orin Nano"})
     assert "GPU" in other_gpu[0]
+
+
+def test_select_without_accuracies_falls_back_to_flops(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    for s in m["stitches"]:
+        s["accuracy"] = s["accuracy_source"] = None
+    (copy / "manifest.json").write_text(json.dumps(m))
+    b = Bundle.open(copy)
+    assert b.select().id == max(b.stitches(), key=lambda s: s.flops).id
+    with pytest.raises(NoStitchFitsError, match="no stitch in this bundle has a recorded accuracy"):
+        b.select(min_accuracy=0.1)

@@ -244,6 +244,8 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     _copy_runtime(root)
     target_info = {"name": target, "backend": compiled.get("backend"), "precision": compiled.get("precision"),
                    "runtime": compiled.get("runtime"), "verified_on_hardware": compiled.get("verified_on_hardware"),
+                   "verified_on": (compiled.get("target_spec") or {}).get("verified_on_hardware"),
+                   "device": (compiled.get("target_spec") or {}).get("device"),
                    "engines_built": compiled.get("engines_built"), "device_build_required": device_build,
                    "tensorrt": tensorrt}
     manifest = {
@@ -382,7 +384,7 @@ def _write_docs(root: Path, manifest: dict) -> None:
                        for e in manifest["excluded"])
     t = manifest["target"]
     spec = manifest["input"]
-    verified = t.get("verified_on_hardware")
+    verified = t.get("verified_on") if t.get("verified_on_hardware") else t.get("verified_on_hardware")
     device_build = ""
     if t.get("tensorrt"):
         trt = t["tensorrt"]
@@ -396,8 +398,8 @@ def _write_docs(root: Path, manifest: dict) -> None:
     text = (TEMPLATES / "README.md.tmpl").read_text().format(
         target=t["name"], num_stitches=len(manifest["stitches"]), backend=t.get("backend"),
         precision=t.get("precision"),
-        verified=(verified if isinstance(verified, str) else
-                  "verified on hardware" if verified else "not verified on hardware"),
+        verified=(f"the compiled artifacts were validated on {verified}" if isinstance(verified, str) else
+                  "validated on the build machine" if verified else "not verified on hardware"),
         runtime_req=runtime_req, stitch_rows="\n".join(rows),
         excluded=("\nExcluded (failed validation or not compiled):\n" + excluded) if excluded else "",
         input_desc=f"{spec.get('name')} {spec.get('shape')} {spec.get('layout')} {spec.get('dtype')}, "

@@ -146,6 +146,10 @@ class Bundle:
                     f"stitch {fastest.id}, takes {fastest.latency_ms:.3g} ms", hint="raise the budget")
         if min_accuracy is not None:
             known = [s for s in cands if s.accuracy is not None]
+            if not known:
+                raise NoStitchFitsError("no stitch in this bundle has a recorded accuracy",
+                                        hint="select by latency budget only, or measure accuracy "
+                                             "(esta-export select --val-data) and re-bundle")
             fits = [s for s in known if s.accuracy >= min_accuracy]
             if not fits:
                 best = max((s.accuracy for s in known), default=None)

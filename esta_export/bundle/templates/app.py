@@ -51,7 +51,8 @@ def main(argv=None) -> int:
                   else bundle.select(latency_budget_ms=args.budget_ms, min_accuracy=args.min_accuracy))
         t0 = time.perf_counter()
         bundle.activate(stitch.id)
-        print(f"stitch {stitch.id} {stitch.route}: expected {stitch.latency_ms} ms "
+        expected = "-" if stitch.latency_ms is None else f"{stitch.latency_ms:.3g}"
+        print(f"stitch {stitch.id} {stitch.route}: expected {expected} ms "
               f"({stitch.latency_source or 'no latency recorded'}), accuracy {stitch.accuracy} "
               f"({stitch.accuracy_source or 'unknown'}); loaded in {(time.perf_counter() - t0) * 1e3:.1f} ms")
         if args.image is not None:
