@@ -242,3 +242,35 @@ def test_select_without_accuracies_falls_back_to_flops(copy):
     assert b.select().id == max(b.stitches(), key=lambda s: s.flops).id
     with pytest.raises(NoStitchFitsError, match="no stitch in this bundle has a recorded accuracy"):
         b.select(min_accuracy=0.1)
+
+
+def test_unload_while_other_threads_run_keeps_weights_alive(bundle_dir):
+    import gc
+
+    b = Bundle.open(bundle_dir, verify=False)
+    x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    refs = [Bundle.open(bundle_dir, verify=False, share_weights=False).run(x, stitch_id=sid) for sid in (0, 3)]
+    b.activate(0)
+    outputs, errors, stop = [], [], threading.Event()
+
+    def infer():
+        try:
+            while not stop.is_set():
+                outputs.append(b.run(x))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    workers = [threading.Thread(target=infer) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for _ in range(15):  # load, switch to, switch away from and unload stitch 3 while runs go on
+        b.activate(3)
+        b.activate(0)
+        b.unload(3)
+        gc.collect()
+    stop.set()
+    for w in workers:
+        w.join()
+    assert not errors and outputs
+    for out in outputs:
+        assert any(np.array_equal(out, r) for r in refs)

@@ -194,15 +194,21 @@ class Bundle:
         so.enable_cpu_mem_arena = self.memory_arena
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
+        values: dict = {}
         if self._weights is not None:
             so.add_session_config_entry("session.disable_prepacking", "1")
-            for name, value in self._weights.acquire(int(entry["id"]), ort).items():
+            values = self._weights.acquire(int(entry["id"]), ort)
+            for name, value in values.items():
                 so.add_initializer(name, value)
         try:
-            return ort.InferenceSession(str(path), so, providers=self.providers)
+            session = ort.InferenceSession(str(path), so, providers=self.providers)
         except Exception as err:  # ORT raises its own exception types per version
             raise BundleError(f"ONNX Runtime cannot load {art['path']}: {str(err).splitlines()[0]}",
                               hint="check the onnxruntime version the README names") from None
+        # The session reads these buffers in place: tie their lifetime to the session, so a thread
+        # still running an unloaded stitch never sees its weights freed.
+        session._esta_shared_initializers = (so, values)
+        return session
 
     def unload(self, stitch_id: int) -> None:
         sid = int(stitch_id)
