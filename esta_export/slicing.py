@@ -61,14 +61,22 @@ def _plain_block(cfg: AnchorConfig) -> Block:
     return Block(cfg)
 
 
+def _share(dst: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Point ``dst.name`` at ``value`` without copying. Slices are read-only views of the
+    supernet's weights, except where the slice owns a new tensor (merged LoRA)."""
+    setattr(dst, name, nn.Parameter(value.detach(), requires_grad=False))
+
+
+def _share_module(dst: nn.Module, src: nn.Module) -> None:
+    for name, value in src.named_parameters(recurse=False):
+        _share(dst, name, value)
+
+
 @torch.no_grad()
 def _copy_linear(dst: nn.Linear, src: AdaptedLinear, stitch_index: int) -> None:
-    dst.weight.copy_(src.merged_weight())
+    _share(dst, "weight", src.merged_weight())
     bias = src.active_bias(stitch_index)
-    if bias is None:
-        dst.bias.zero_()
-    else:
-        dst.bias.copy_(bias)
+    _share(dst, "bias", torch.zeros(dst.out_features) if bias is None else bias)
 
 
 def resolve_stitch(model: Supernet, stitch_id: int) -> Stitch:
@@ -86,26 +94,29 @@ def slice_stitch(model: Supernet, stitch_id: int) -> StitchModel:
     stitch = resolve_stitch(model, stitch_id)
     idx = model.space.index(stitch_id)
     cfgs = tuple(model.spec.anchors[s.anchor] for s in stitch.segments)
-    out = StitchModel(SliceInfo(stitch, model.route(stitch), cfgs))
+    # Built on the meta device: every tensor is then pointed at the supernet's (or a merged one),
+    # so no time goes into random initialisation or copies.
+    with torch.device("meta"):
+        out = StitchModel(SliceInfo(stitch, model.route(stitch), cfgs))
     first = model.anchors[stitch.first_anchor]
-    out.patch_embed.load_state_dict(first.patch_embed.state_dict())
-    out.cls_token.copy_(first.cls_token)
-    out.pos_embed.copy_(first.pos_embed)
+    _share_module(out.patch_embed.proj, first.patch_embed.proj)
+    _share(out, "cls_token", first.cls_token)
+    _share(out, "pos_embed", first.pos_embed)
     for seg_mod, seg in zip(out.segments, stitch.segments):
         src_blocks = model.anchors[seg.anchor].blocks
         for dst, b in zip(seg_mod, range(seg.first, seg.last + 1)):
             src = src_blocks[b]
-            dst.norm1.load_state_dict(src.norm1.state_dict())
-            dst.norm2.load_state_dict(src.norm2.state_dict())
+            _share_module(dst.norm1, src.norm1)
+            _share_module(dst.norm2, src.norm2)
             for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
                 _copy_linear(dst.get_submodule(name), src.get_submodule(name), idx)
             if src.gamma_1 is not None:
-                dst.gamma_1.copy_(src.gamma_1)
-                dst.gamma_2.copy_(src.gamma_2)
+                _share(dst, "gamma_1", src.gamma_1)
+                _share(dst, "gamma_2", src.gamma_2)
     for dst, key in zip(out.stitches, stitch.layers):
         _copy_linear(dst, model.stitch_layer(key), idx)
     last = model.anchors[stitch.last_anchor]
     if out.norm is not None:
-        out.norm.load_state_dict(last.norm.state_dict())
+        _share_module(out.norm, last.norm)
     _copy_linear(out.head, last.head, idx)
     return out.eval()

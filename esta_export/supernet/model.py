@@ -85,13 +85,46 @@ class Supernet(nn.Module):
         finally:
             self.ctx.index = None
 
-    def forward_stitch(self, x: torch.Tensor, stitch: Stitch) -> torch.Tensor:
+    def forward_stitch(self, x: torch.Tensor, stitch: Stitch,
+                       prefix_cache: dict[tuple[int, int], torch.Tensor] | None = None) -> torch.Tensor:
+        """Run ``stitch``. ``prefix_cache`` memoizes the first segment's activations per
+        (anchor, last block) for one fixed ``x``; only valid when stitches share those blocks'
+        weights (no per-stitch biases), see ``prefix_cacheable``."""
         anchors = self.anchors
-        h = anchors[stitch.first_anchor].forward_embed(x)
-        for n, seg in enumerate(stitch.segments):
-            if n > 0:
-                h = self.stitch_layer(stitch.layers[n - 1])(h)
+        first = stitch.segments[0]
+        h, start = None, 0
+        if prefix_cache is not None:
+            for b in range(first.last, -2, -1):
+                if (first.anchor, b) in prefix_cache:
+                    h, start = prefix_cache[(first.anchor, b)], b + 1
+                    break
+        if h is None:
+            h = anchors[first.anchor].forward_embed(x)
+            if prefix_cache is not None:
+                prefix_cache[(first.anchor, -1)] = h
+        for b in range(start, first.last + 1):
+            h = anchors[first.anchor].blocks[b](h)
+            if prefix_cache is not None:
+                prefix_cache[(first.anchor, b)] = h
+        for n, seg in enumerate(stitch.segments[1:], start=1):
+            h = self.stitch_layer(stitch.layers[n - 1])(h)
             blocks = anchors[seg.anchor].blocks
             for b in range(seg.first, seg.last + 1):
                 h = blocks[b](h)
         return anchors[stitch.last_anchor].forward_tail(h, final_norm=stitch.final_norm)
+
+    @property
+    def prefix_cacheable(self) -> bool:
+        """True when a stitch's first segment computes the same as the anchor's own blocks."""
+        return not self.spec.adaptation.stitch_bias
+
+    def reference(self, x: torch.Tensor, stitch_id: int,
+                  prefix_cache: dict[tuple[int, int], torch.Tensor] | None = None) -> torch.Tensor:
+        """``forward(x, stitch_id)``, reusing shared prefixes across calls when that is exact."""
+        stitch = self.space.get(stitch_id)
+        self.ctx.index = self.space.index(stitch_id)
+        try:
+            cache = prefix_cache if self.prefix_cacheable else None
+            return self.forward_stitch(x, stitch, cache)
+        finally:
+            self.ctx.index = None
