@@ -275,3 +275,14 @@ def test_unload_while_other_threads_run_keeps_weights_alive(bundle_dir):
     assert not errors and outputs
     for out in outputs:
         assert any(np.array_equal(out, r) for r in refs)
+
+
+def test_tampered_weights_refused_at_load_without_verify(copy):
+    import json as _json
+
+    index = _json.loads((copy / "models" / "weights.json").read_text())
+    t = index["tensors"][index["stitches"]["1"][next(iter(index["stitches"]["1"]))]]
+    _flip(copy / "models" / "weights.bin", offset=t["offset"] + 1)
+    b = Bundle.open(copy, verify=False)
+    with pytest.raises(IntegrityError, match=r"models/weights\.bin"):
+        b.activate(1)

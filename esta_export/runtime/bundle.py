@@ -50,7 +50,7 @@ class Bundle:
     """A deployed stitch family. Open with :meth:`Bundle.open`."""
 
     def __init__(self, root: Path, manifest: dict, *, share_weights: bool, providers, threads,
-                 latency_stat: str, memory_arena: bool | None = None) -> None:
+                 latency_stat: str, memory_arena: bool | None = None, verified: bool = False) -> None:
         self.root = root
         self.manifest = manifest
         self.input_spec: dict = manifest["input"]
@@ -73,7 +73,7 @@ class Bundle:
             import json
 
             index = json.loads(resolve_inside(root, w["index"]).read_text())
-            self._weights = SharedWeights(index, resolve_inside(root, w["file"]))
+            self._weights = SharedWeights(index, resolve_inside(root, w["file"]), check_tensors=not verified)
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -84,7 +84,8 @@ class Bundle:
         """Open the bundle at ``path``.
 
         verify: hash every file against the manifest first (a flipped byte raises IntegrityError
-        naming the file); each stitch graph is re-hashed when it loads either way.
+        naming the file). Without it, each stitch graph is still re-hashed when it loads and each
+        shared weight tensor when it is first read.
         load: "lazy" (sessions on first use) or "all" (every stitch now).
         share_weights: one copy of each unique tensor for all sessions (ONNX Runtime's weight
         prepacking is turned off then: it would copy every weight per session again).
@@ -99,7 +100,7 @@ class Bundle:
         if load not in ("lazy", "all"):
             raise BundleError(f"load={load!r} is not 'lazy' or 'all'")
         b = cls(root, manifest, share_weights=share_weights, providers=providers, threads=threads,
-                latency_stat=latency_stat, memory_arena=memory_arena)
+                latency_stat=latency_stat, memory_arena=memory_arena, verified=verify)
         if load == "all":
             for sid in b._entries:
                 b.load(sid)

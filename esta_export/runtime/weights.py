@@ -9,18 +9,22 @@ so K loaded stitches cost about the unique weights, not K copies.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, IntegrityError
 
 
 class SharedWeights:
-    def __init__(self, index: dict, data_path: Path) -> None:
+    def __init__(self, index: dict, data_path: Path, *, check_tensors: bool = False) -> None:
         self.index = index
         self.data_path = data_path
+        # When the bundle was opened without hashing every file, each tensor is checked against its
+        # recorded hash as it is read, so tampered weights still never reach a session.
+        self.check_tensors = check_tensors
         self._arrays: dict[int, np.ndarray] = {}
         self._values: dict[int, object] = {}
         self._users: dict[int, set[str]] = {}
@@ -41,7 +45,13 @@ class SharedWeights:
         if arr.size != count:
             raise BundleError(f"{self.data_path.name} is shorter than the weights index says",
                               hint="re-copy the bundle")
-        return arr.reshape(t["shape"])
+        arr = arr.reshape(t["shape"])
+        if self.check_tensors and t.get("sha256"):
+            key = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()).hexdigest()
+            if key != t["sha256"]:
+                raise IntegrityError(f"bundle file models/{self.data_path.name} does not match its recorded "
+                                     f"sha256 (tensor {i})", hint="the file was modified or corrupted; re-copy the bundle")
+        return arr
 
     def acquire(self, stitch_id: int, ort) -> dict[str, object]:
         """OrtValues for ``stitch_id``'s initializers (read once, then shared)."""
