@@ -1,10 +1,17 @@
 """The main job as a run configuration (Olive-style): the CLI is sugar over a config that can be
-printed with ``--dry-run``, saved, and replayed with ``--config``."""
+printed with ``--dry-run``, saved, and replayed with ``--config``.
+
+Stages, each reading the previous stage's files under OUT (docs/stages.md):
+export -> compile -> profile -> select -> report -> bundle. For targets whose engines must be
+built on the device (TensorRT off the device), the run stops measuring after compile: it writes
+the device build kit and a bundle that carries it, and says which steps must run on the device.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -20,6 +27,17 @@ class RunConfig:
     opset: int | None = None
     decompose_layernorm: bool = False
     num_heads: str | None = None
+    precision: str | None = None
+    calibration: str | None = None
+    val_data: str | None = None
+    profile_budget: int | None = None
+    runs: int | None = None
+    seconds: float | None = None
+    stability: str = "robust_cv"
+    latency_budget_ms: float | None = None
+    max_stitches: int | None = None
+    min_accuracy: float | None = None
+    archive: bool = False
     fresh: bool = False
 
     def resolved_out(self) -> Path:
@@ -43,27 +61,122 @@ class RunConfig:
             return cls(**data)
         if not getattr(args, "supernet", None):
             raise InputError("no supernet given", hint="run 'esta-export SUPERNET --target T'")
-        return cls(supernet=args.supernet, target=args.target, out=args.out, stitches=args.stitches,
-                   opset=args.opset, decompose_layernorm=args.decompose_layernorm, num_heads=args.num_heads,
-                   fresh=args.fresh)
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from .onnx_export import DEFAULT_OPSET, ExportSettings
-    from .pipeline import run_export
-    from .supernet.formats import load_supernet
-    from .supernet.formats.checks import parse_num_heads
-
     cfg = RunConfig.from_args(args)
     if args.dry_run:
         print(json.dumps(cfg.to_json(), indent=2))
         return 0
+    return execute(cfg, quiet=args.quiet)
+
+
+def execute(cfg: RunConfig, quiet: bool = False) -> int:
+    from .compile import compile_export
+    from .fsutil import atomic_write_json, prepare_out_dir
+    from .onnx_export import DEFAULT_OPSET, ExportSettings
+    from .pipeline import run_export
+    from .progress import info
+    from .supernet.formats import load_supernet
+    from .supernet.formats.checks import parse_num_heads
+    from .targets import load_target
+
+    t0 = time.perf_counter()
+    target = load_target(cfg.target)              # fail on a bad target before any work
+    for name, path in (("--calibration", cfg.calibration), ("--val-data", cfg.val_data)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{name} file not found: {path}", hint="give an .npz with x (and y)")
     loaded = load_supernet(cfg.supernet, parse_num_heads(cfg.num_heads))
-    out = cfg.resolved_out()
-    settings = ExportSettings(opset=cfg.opset or DEFAULT_OPSET,
-                              layernorm="decomposed" if cfg.decompose_layernorm else "op")
-    run_export(loaded, out / "export", stitches=cfg.stitches, settings=settings, fresh=cfg.fresh, quiet=args.quiet)
+    out = prepare_out_dir(cfg.resolved_out())
+    atomic_write_json(out / "run.json", cfg.to_json())   # replay with --config OUT/run.json
+    info(f"supernet {loaded.path.name}: {loaded.source_format}, {len(loaded.model.space)} stitches, heads "
+         f"{','.join(map(str, loaded.num_heads))} ({loaded.spec.num_heads_source}); target {target.name} "
+         f"({target.backend}, {target.precision}); out {out}", quiet)
+
+    # 1. export, at what the target's runtime accepts
+    opset = min(cfg.opset or DEFAULT_OPSET, target.max_opset)
+    layernorm = "decomposed" if (cfg.decompose_layernorm or target.layernorm == "decomposed") else "op"
+    run_export(loaded, out / "export", stitches=cfg.stitches, settings=ExportSettings(opset=opset, layernorm=layernorm),
+               fresh=cfg.fresh, quiet=quiet)
+
+    # 2. compile for the target
+    compiled_dir = out / "compiled" / target.name
+    calibration = cfg.calibration or _default_calibration(cfg)
+    comp = compile_export(out / "export", target, compiled_dir, precision=cfg.precision, calibration=calibration,
+                          progress=None if quiet else (lambda m: info(f"  {m}")), fresh=cfg.fresh)
+    info(f"compile: {len(comp['artifacts'])} artifacts for {target.name} ({comp['backend']}, {comp['precision']}), "
+         f"{len(comp['failed'])} left out", quiet)
+    for f in comp["failed"]:
+        info(f"  left out stitch {f['id']} ({f['route']}): {f['reason']}", False)
+    if not comp["artifacts"]:
+        raise InputError(f"no stitch compiled and validated for {target.name}", hint="see the reasons above")
+
+    if comp.get("device_build_required"):
+        bundle = _bundle(out, target.name, cfg, quiet)
+        info(f"engines NOT built: {target.name} needs TensorRT on its device. Copy {compiled_dir} to the device "
+             f"and follow {compiled_dir / 'README_DEVICE.md'} to build engines there, then profile there "
+             f"('esta-export profile --remote'). Bundle with the build kit: {bundle}. "
+             f"Not verified on hardware.", False)
+        return 0
+
+    # 3. profile (measured latency, on this machine, with the target's runtime)
+    from .profiling.compiled import profile_compiled
+    store = out / "profiles" / f"{target.name}.jsonl"
+    prof = profile_compiled(compiled_dir, target, store, budget=cfg.profile_budget, fresh=cfg.fresh,
+                            min_runs=cfg.runs, min_seconds=cfg.seconds, cv_metric=cfg.stability,
+                            progress=None if quiet else _profile_note(info))
+    info(f"profile: {len(prof.measured)} measured, {len(prof.cached)} reused from {store}, "
+         f"{len(prof.predicted)} predicted", quiet)
+    for w in prof.warnings:
+        info(f"  warning: {w}", quiet)
+
+    # 4. select by measured latency
+    from .select import select_compiled
+    sel_path = out / "select" / f"{target.name}.json"
+    sel = select_compiled(compiled_dir, target, store, latency_budget_ms=cfg.latency_budget_ms,
+                          max_stitches=cfg.max_stitches, min_accuracy=cfg.min_accuracy,
+                          val_data=cfg.val_data, out_path=sel_path)
+    info(f"select: front {sel.get('front')} -> selected {sel.get('selected')} (accuracy: {sel.get('accuracy_source')}; "
+         f"Kendall tau FLOPs vs latency {_fmt(sel.get('kendall_tau'))})", quiet)
+
+    # 5. report
+    from .report import write_report
+    paths = write_report(out, out / "report", selections=[sel_path], compiled=[compiled_dir])
+    info(f"report: {paths.get('report.html', out / 'report' / 'report.html')}", quiet)
+
+    # 6. bundle
+    bundle = _bundle(out, target.name, cfg, quiet)
+    info(f"done in {time.perf_counter() - t0:.0f} s: bundle {bundle}; report {out / 'report' / 'report.html'}"
+         + ("" if target.verified_on_hardware else f"; target {target.name} not verified on hardware"), quiet)
     return 0
+
+
+def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool) -> Path:
+    from .bundle.writer import write_bundle
+    from .progress import info
+    path = write_bundle(out, target, out / "bundle" / target, archive=cfg.archive)
+    info(f"bundle: {path}", quiet)
+    return path
+
+
+def _default_calibration(cfg: RunConfig) -> str | None:
+    """Validation data doubles as calibration/reference data when only that was given."""
+    return cfg.val_data
+
+
+def _profile_note(info):
+    last = {"phase": None}
+
+    def note(phase: str, fraction: float, detail: str = "") -> None:
+        if phase != last["phase"]:
+            last["phase"] = phase
+            info(f"  profiling: {phase} {detail}".rstrip())
+    return note
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"

@@ -17,6 +17,22 @@ class Run:
         p.add_argument("--target", default="cpu", help="deployment target name or .toml file (default: cpu)")
         p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: out/<supernet name>-<target>)")
         add_export_args(p)
+        g = p.add_argument_group("compile, profile, select, bundle")
+        g.add_argument("--precision", default=None, help="override the target's precision (fp32, fp16, int8, ...)")
+        g.add_argument("--calibration", default=None, metavar="DATA.npz",
+                       help="preprocessed inputs x (and labels y) for int8 calibration and validation")
+        g.add_argument("--val-data", default=None, metavar="DATA.npz",
+                       help="labelled validation data: accuracy of the compiled artifacts decides the front")
+        g.add_argument("--profile-budget", type=int, default=None, metavar="N",
+                       help="time at most N stitches (plus the predicted front); predict the rest")
+        g.add_argument("--runs", type=int, default=None, help="minimum timed runs per stitch")
+        g.add_argument("--seconds", type=float, default=None, help="minimum timed seconds per stitch")
+        g.add_argument("--stability", choices=("cv", "trimmed_cv", "robust_cv"), default="robust_cv",
+                       help="dispersion measure that flags unstable timings (default robust_cv)")
+        g.add_argument("--latency-budget-ms", type=float, default=None)
+        g.add_argument("--max-stitches", type=int, default=None, help="spread K stitches along the front")
+        g.add_argument("--min-accuracy", type=float, default=None)
+        g.add_argument("--archive", action="store_true", help="also write the bundle as one .tar.gz")
         add_quiet(p)
         p.add_argument("--dry-run", action="store_true", help="print the resolved run configuration and exit")
         p.add_argument("--config", default=None, help="replay a run configuration saved as JSON (from --dry-run)")
