@@ -230,7 +230,7 @@ def _build(cls: type, data: Any, path: Path, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_KEYS}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise TargetError(f"{path}: unknown key {prefix}{unknown[0]}",
+        raise TargetError(f"{path}: unknown key {prefix + unknown[0]!r}",
                           hint=f"allowed keys{' in [' + prefix.rstrip('.') + ']' if prefix else ''}: "
                                f"{', '.join(fields)}")
     kwargs = {}
