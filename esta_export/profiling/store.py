@@ -62,7 +62,7 @@ class ProfileStore:
 
     @contextlib.contextmanager
     def _locked(self, mode: str, lock: int) -> Iterator[Any]:
-        f = open(self.path, mode, encoding="utf-8")
+        f = open(self.path, mode, encoding="utf-8", errors="replace")
         try:
             fcntl.flock(f.fileno(), lock)
             yield f
@@ -138,7 +138,7 @@ class ProfileStore:
         for rec in self.records():
             if target is not None and rec.get("target") != target:
                 continue
-            if rec.get("measured", True) and rec.get("artifact_sha256"):
+            if rec.get("measured", True) and isinstance(rec.get("artifact_sha256"), str):
                 out[rec["artifact_sha256"]] = rec
         return out
 
