@@ -196,8 +196,9 @@ def select_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pat
     batch = batch or (getattr(getattr(target, "shapes", None), "batch_sizes", (1,)) or (1,))[0]
     latest: dict[str, dict[str, Any]] = {}
     for rec in store.records():
-        if rec.get("target") == target.name and rec.get("batch", 1) == batch and rec.get("measured", True):
-            latest[rec.get("artifact_sha256")] = rec
+        if rec.get("target") == target.name and rec.get("batch", 1) == batch and rec.get("measured", True) \
+                and isinstance(rec.get("artifact_sha256"), str):   # a damaged record is skipped, not a TypeError
+            latest[rec["artifact_sha256"]] = rec
     warnings.extend(store.warnings)
     measured = {r["id"]: latest[r["sha256"]] for r in rows if r.get("sha256") in latest}
     if not measured:
