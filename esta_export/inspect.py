@@ -48,14 +48,17 @@ def format_table(desc: dict) -> str:
     if desc.get("training"):
         t = desc["training"]
         lines.append(f"training  {', '.join(f'{k}={v}' for k, v in t.items() if not isinstance(v, (dict, list)))}")
+    # GFLOPs for ImageNet-sized families, MFLOPs for small ones (the demo runs ~1-15 MFLOPs).
+    giga = max((s["flops"] for s in desc["stitches"]), default=0) >= 1e9
+    unit, scale = ("GFLOPs", 1e9) if giga else ("MFLOPs", 1e6)
     has_acc = any(s["accuracy"] is not None for s in desc["stitches"])
     has_imp = any(s["importance"] is not None for s in desc["stitches"])
-    head = f"{'id':>4}  {'route':<28} {'GFLOPs':>9} {'params(M)':>10}"
+    head = f"{'id':>4}  {'route':<28} {unit:>9} {'params(M)':>10}"
     head += f" {'top-1':>7}" if has_acc else ""
     head += f" {'importance':>10}" if has_imp else ""
     lines += ["", head]
     for s in desc["stitches"]:
-        row = f"{s['id']:>4}  {s['route']:<28} {s['flops'] / 1e9:>9.3f} {s['params'] / 1e6:>10.3f}"
+        row = f"{s['id']:>4}  {s['route']:<28} {s['flops'] / scale:>9.3f} {s['params'] / 1e6:>10.3f}"
         if has_acc:
             row += f" {s['accuracy'] * 100:>6.2f}%" if s["accuracy"] is not None else f" {'-':>7}"
         if has_imp:

@@ -100,6 +100,10 @@ class Execution:
     dla_core: int | None = None
     gpu_fallback: bool = False
     builder_optimization_level: int | None = None
+    # ONNX Runtime: the bundle runtime shares one copy of each weight across loaded stitches,
+    # which needs weight prepacking off. The profiler times sessions configured the same way, so
+    # published latencies are what the app sees.
+    share_weights: bool = True
 
 
 @dataclass(frozen=True)

@@ -79,12 +79,16 @@ def test_budget_profiles_a_subset_and_measures_the_predicted_front(compiled: Pat
                                                                    tmp_path) -> None:
     store = tmp_path / "cpu.jsonl"
     res = profile_compiled(compiled, "cpu", store, budget=7, memory=False, **FAST)
-    assert len(res.measured) >= 7
-    assert res.predicted and not set(res.predicted) & set(res.measured)
-    lat = {i: r["latency_ms"]["median"] for i, r in res.measured.items()} | res.predicted
     rows = json.loads((compiled.parent.parent / "export" / "export.json").read_text())["stitches"]
+    assert len(res.measured) >= 7
+    assert not set(res.predicted) & set(res.measured)
+    # Every stitch is either measured or predicted (on a noisy machine the front can pull all of
+    # them into the measured set; then nothing is left to predict, which is still correct).
+    assert set(res.predicted) | set(res.measured) == {r["id"] for r in rows}
+    lat = {i: r["latency_ms"]["median"] for i, r in res.measured.items()} | res.predicted
     assert _pareto_ids(rows, lat) <= set(res.measured)  # nothing on the front is a guess
-    assert res.predictor["leave_one_out"]["n_eval"] >= 1
+    if res.predicted:
+        assert res.predictor["leave_one_out"]["n_eval"] >= 1
 
 
 def test_refuses_unbuilt_engines_and_bad_input(compiled: Path, tmp_path) -> None:

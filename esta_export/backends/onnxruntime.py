@@ -179,6 +179,12 @@ class OrtRunner(Runner):
         wanted = _providers(target)
         # The offline graph is already optimized; ALL adds this CPU's layout transforms online.
         so = _session_options(target, "all")
+        share = bool(getattr(target.execution, "share_weights", False))
+        if share:
+            # The bundle runtime's configuration (esta_export.runtime.bundle): weights shared
+            # across sessions are not prepacked, and the CPU arena is off.
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            so.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(path), so, providers=wanted)
         except Exception as err:
@@ -192,7 +198,8 @@ class OrtRunner(Runner):
                                        f"libraries, or use the cpu target")
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
-        self.info = {"providers": got, "threads": target.execution.threads or "default"}
+        self.info = {"providers": got, "threads": target.execution.threads or "default",
+                     "session": {"share_weights": share, "prepacking": not share, "cpu_mem_arena": not share}}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output], {self.input: np.ascontiguousarray(x, np.float32)})[0]

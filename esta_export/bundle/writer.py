@@ -258,6 +258,9 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
         "selection": {"source": selection_path.name if selection_path else None, "note": plan["note"],
                       "accuracy_source": (select or {}).get("accuracy_source")},
         "stitches": stitches, "excluded": plan["excluded"],
+        # How the latencies above were measured, and so how the runtime should run to see them.
+        "session": {"share_weights": bool(((compiled.get("target_spec") or {}).get("execution") or {})
+                                          .get("share_weights", True))},
     }
     _write_docs(root, manifest)
     return manifest

@@ -48,4 +48,5 @@ def load_all() -> dict[str, Command]:
         except ModuleNotFoundError as err:  # a command file not written yet must not break the rest
             if err.name != f"{__name__}.{mod}":
                 raise
-    return REGISTRY
+    order = {name: i for i, name in enumerate(COMMAND_MODULES)}
+    return dict(sorted(REGISTRY.items(), key=lambda kv: order.get(kv[0], len(order))))

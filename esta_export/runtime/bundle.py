@@ -78,7 +78,7 @@ class Bundle:
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, *, verify: bool = True, load: str = "lazy",
-             share_weights: bool = True, providers: Iterable[str] | None = None,
+             share_weights: bool | None = None, providers: Iterable[str] | None = None,
              threads: int | None = None, latency_stat: str = "median",
              memory_arena: bool | None = None) -> "Bundle":
         """Open the bundle at ``path``.
@@ -88,7 +88,8 @@ class Bundle:
         shared weight tensor when it is first read.
         load: "lazy" (sessions on first use) or "all" (every stitch now).
         share_weights: one copy of each unique tensor for all sessions (ONNX Runtime's weight
-        prepacking is turned off then: it would copy every weight per session again).
+        prepacking is turned off then: it would copy every weight per session again). Default:
+        the configuration the manifest's latencies were measured in (``manifest["session"]``).
         memory_arena: ONNX Runtime's CPU memory arena (default: off when sharing weights).
         """
         root = Path(path)
@@ -99,6 +100,8 @@ class Bundle:
             verify_all(root, manifest)
         if load not in ("lazy", "all"):
             raise BundleError(f"load={load!r} is not 'lazy' or 'all'")
+        if share_weights is None:
+            share_weights = bool((manifest.get("session") or {}).get("share_weights", True))
         b = cls(root, manifest, share_weights=share_weights, providers=providers, threads=threads,
                 latency_stat=latency_stat, memory_arena=memory_arena, verified=verify)
         if load == "all":
