@@ -88,8 +88,13 @@ def parse_stitch_selection(text: str | None, valid_ids: Sequence[int]) -> list[i
 class WeightStore:
     """Append-only, content-addressed tensor file with a committed index (crash-safe)."""
 
-    def __init__(self, folder: Path, key: str) -> None:
+    def __init__(self, folder: Path, key: str, stable_ptrs: frozenset[int] = frozenset()) -> None:
         self.folder = folder
+        # Arrays that view a tensor living for the whole export (the supernet's own parameters,
+        # shared into every slice) are hashed once; anything else (merged LoRA weights, freshly
+        # allocated arrays whose address may be reused) is hashed every time.
+        self._stable = stable_ptrs
+        self._memo: dict[tuple, tuple[int, int]] = {}
         self.path = folder / WEIGHTS_FILE
         self.index_path = folder / INDEX_FILE
         self.key = key
@@ -111,10 +116,16 @@ class WeightStore:
         self.end = end
 
     def add(self, arr: np.ndarray) -> tuple[int, int]:
+        ptr = arr.__array_interface__["data"][0]
+        memo_key = (ptr, arr.shape, arr.strides, arr.dtype.str) if ptr in self._stable else None
+        if memo_key is not None and memo_key in self._memo:
+            return self._memo[memo_key]
         data = np.ascontiguousarray(arr).tobytes()
         digest = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + data).hexdigest()
         hit = self.tensors.get(digest)
         if hit is not None:
+            if memo_key is not None:
+                self._memo[memo_key] = hit
             return hit
         pad = (-self.end) % ALIGN
         if pad:
@@ -124,6 +135,8 @@ class WeightStore:
         loc = (self.end, len(data))
         self.end += len(data)
         self.tensors[digest] = loc
+        if memo_key is not None:
+            self._memo[memo_key] = loc
         return loc
 
     def commit(self) -> None:
@@ -240,7 +253,7 @@ def export_supernet(loaded: LoadedSupernet, out_dir: str | os.PathLike, *, stitc
         summary_path.unlink()       # the summary is rewritten last; without it the folder is "in progress"
     check_free_space(out, _estimate_bytes(loaded, len(ids)), "this export")
 
-    store = WeightStore(out, key)
+    store = WeightStore(out, key, frozenset(p.data_ptr() for p in model.parameters()))
     names = loaded.spec.names
     training = loaded.spec.training or {}
     acc_table = training.get("accuracy") or {}
@@ -332,7 +345,7 @@ def _reuse(out: Path, stem: str, key: str) -> dict | None:
     return rec
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _export_one(model, sid: int, route: str, stem: str, out: Path, store: WeightStore,
                 settings: ExportSettings, key: str, x: torch.Tensor, prefix_cache: dict) -> dict:
     stitch = model.space.get(sid)

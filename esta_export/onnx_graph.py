@@ -49,7 +49,11 @@ class GraphBuilder:
         return out
 
     def weight(self, name: str, arr: np.ndarray) -> str:
-        self.weights[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        # Kept as given (often a transposed view of a supernet tensor): the weight store makes it
+        # contiguous only when it has not stored that tensor already.
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        self.weights[name] = arr
         return name
 
     def const(self, hint: str, arr) -> str:
