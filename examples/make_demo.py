@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                          quiet=args.quiet)
     result = train_supernet(model, data, config, out=out / "digits-esta.safetensors")
     with atomic_path(out / "digits-val.npz", suffix=".npz") as tmp:
-        np.savez(tmp, x=data.x_val.numpy().astype(np.float32), y=data.y_val.numpy().astype(np.int64))
+        np.savez_compressed(tmp, x=data.x_val.numpy().astype(np.float32), y=data.y_val.numpy().astype(np.int64))
 
     acc = result.training["accuracy"]
     front = pareto_count(result.model, acc)
