@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import json
 from typing import Any
 
@@ -40,13 +41,12 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
 });
 """
 
-COLUMNS = [("id", "id"), ("route", "route"), ("GFLOPs", "gflops"), ("M params", "mparams"),
+COLUMNS = [("id", "id"), ("route", "route"), ("FLOPs", "flops_scaled"), ("M params", "mparams"),
            ("latency source", "latency_source"), ("min ms", "min"), ("median ms", "median"),
            ("p90 ms", "p90"), ("p95 ms", "p95"), ("p99 ms", "p99"), ("CV", "cv"),
            ("unstable", "unstable"), ("peak RSS MB", "peak_rss_mb"), ("accuracy", "accuracy"),
-           ("accuracy source", "accuracy_source"), ("front", "on_front"),
-           ("dominated by", "dominated_by")]
-_LEFT = {"route", "latency_source", "accuracy_source"}
+           ("front", "on_front"), ("dominated by", "dominated_by")]
+_LEFT = {"route", "latency_source"}
 
 
 def _e(v: Any) -> str:
@@ -71,7 +71,7 @@ def _row_values(s: dict[str, Any]) -> dict[str, Any]:
     lat = s.get("latency_ms") or {}
     out = {k: s.get(k) for k in ("id", "route", "latency_source", "unstable", "peak_rss_mb",
                                  "accuracy", "accuracy_source", "on_front", "dominated_by")}
-    out["gflops"] = None if s.get("flops") is None else s["flops"] / 1e9
+    out["flops_scaled"] = None if s.get("flops") is None else s["flops"] / _flops_scale(s["flops"])
     out["mparams"] = None if s.get("params") is None else s["params"] / 1e6
     for k in ("min", "p90", "p95", "p99", "cv"):
         out[k] = lat.get(k)
@@ -80,19 +80,34 @@ def _row_values(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _flops_scale(flops: float) -> float:
+    return 1e9 if flops >= 1e8 else 1e6
+
+
 def _table(sel: dict[str, Any]) -> str:
     chosen = set(map(str, sel.get("selected", [])))
-    head = "".join(f'<th class="{"l" if k in _LEFT else ""}">{_e(n)}</th>' for n, k in COLUMNS)
-    body = []
+    biggest = max((s.get("flops") or 0 for s in sel["stitches"]), default=0)
+    unit = "GFLOPs" if _flops_scale(biggest) == 1e9 else "MFLOPs"
+    # One scale for the whole column, chosen by its largest value.
+    rows = []
     for s in sel["stitches"]:
         v = _row_values(s)
+        if s.get("flops") is not None:
+            v["flops_scaled"] = s["flops"] / (1e9 if unit == "GFLOPs" else 1e6)
+        rows.append((s, v))
+    head = "".join(f'<th class="{"l" if k in _LEFT else ""}">{_e(unit if k == "flops_scaled" else n)}</th>'
+                   for n, k in COLUMNS)
+    sources = sorted({str(s.get("accuracy_source")) for s in sel["stitches"] if s.get("accuracy_source")})
+    body = []
+    for s, v in rows:
         cls = " ".join(c for c, on in (("front", s.get("on_front")), ("sel", str(s["id"]) in chosen))
                        if on)
         cells = "".join(
             f'<td class="{"l" if k in _LEFT else ""}" data-v="{_e("" if v[k] is None else v[k])}">'
             f'{_e(_fmt(k, v[k]))}</td>' for _, k in COLUMNS)
         body.append(f'<tr class="{cls}" data-id="{_e(s["id"])}">{cells}</tr>')
-    return (f'<table class="sortable stitches"><thead><tr>{head}</tr></thead>'
+    note = f'<p class="muted">accuracy: {_e("; ".join(sources))}</p>' if sources else ""
+    return (f'{note}<table class="sortable stitches"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
@@ -115,6 +130,31 @@ def _value_table(rows: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+_UNSTABLE = re.compile(r"^(\[[^\]]+\] )?stitch (\S+) latency is unstable \((\w+) ([0-9.]+)%")
+
+
+def _warnings(warnings: list[str]) -> list[str]:
+    """Each warning once; per-stitch instability folded into one line per target (details on click)."""
+    seen, plain, unstable = set(), [], {}
+    for w in warnings:
+        if w in seen:
+            continue
+        seen.add(w)
+        m = _UNSTABLE.match(w)
+        if m:
+            unstable.setdefault(m.group(1) or "", []).append((m.group(2), m.group(3), float(m.group(4)), w))
+        else:
+            plain.append(w)
+    out = [f'<div class="warn">{_e(w)}</div>' for w in plain]
+    for prefix, items in unstable.items():
+        values = [v for _, _, v, _ in items]
+        out.append(f'<details class="warn"><summary>{_e(prefix)}{len(items)} stitches have unstable latency '
+                   f'({_e(items[0][1])} {min(values):.0f}-{max(values):.0f}% after re-measuring): their '
+                   f'numbers are shown but flagged; re-profile --fresh on a quiet machine</summary>'
+                   + "".join(f"<div>{_e(w)}</div>" for *_, w in items) + "</details>")
+    return out or ['<p class="ok">none</p>']
+
+
 def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
              f"<meta name=viewport content='width=device-width,initial-scale=1'>"
@@ -123,10 +163,7 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
              f"<p class=muted>generated {_e(report['generated'])} by esta-export "
              f"{_e(report['tool_version'])}; report schema {_e(report['schema_version'])}</p>"]
     parts.append("<h2>Warnings</h2>")
-    if report["warnings"]:
-        parts += [f'<div class="warn">{_e(w)}</div>' for w in report["warnings"]]
-    else:
-        parts.append('<p class="ok">none</p>')
+    parts += _warnings(report["warnings"])
     for t in report["targets"]:
         sel = t["selection"]
         name = t["target"]

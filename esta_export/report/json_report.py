@@ -64,6 +64,9 @@ def build_report(selections: Sequence[Path], compiled: Sequence[Path] = ()) -> d
                              "this esta-export reads", hint="upgrade esta-export")
         comp = comp_by_target.get(sel["target"], {})
         verified = comp.get("verified_on_hardware", sel.get("verified_on_hardware"))
+        where = ((comp.get("target_spec") or {}).get("verified_on_hardware"))
+        if verified and isinstance(where, str):
+            verified = where   # say where it was verified, not just "True"
         tw = list(sel.get("warnings", []))
         if not verified and not any("not verified on hardware" in w for w in tw):
             tw.insert(0, f"target {sel['target']} is not verified on hardware")

@@ -67,17 +67,19 @@ def flops_latency_plot(sel: dict[str, Any]) -> bytes:
     """FLOPs vs measured latency, with Kendall's tau in the title."""
     plt, (fig, ax) = _fig()
     rows = [s for s in sel["stitches"] if s.get("latency") is not None and s.get("flops")]
+    giga = max((s["flops"] for s in rows), default=0) >= 1e8
+    scale, unit = (1e9, "GFLOPs") if giga else (1e6, "MFLOPs")
     for src, style in (("measured", dict(c="#1d4ed8")),
                        ("predicted", dict(facecolors="none", edgecolors="#1d4ed8"))):
         pts = [s for s in rows if s["latency_source"] == src]
         if pts:
-            ax.scatter([s["flops"] / 1e9 for s in pts], [s["latency"] for s in pts], s=18,
+            ax.scatter([s["flops"] / scale for s in pts], [s["latency"] for s in pts], s=18,
                        label=f"{src} latency", **style)
     tau = sel.get("kendall_tau")
     ax.set_title(f"{sel.get('target')}: FLOPs vs latency"
                  + (f" (Kendall tau {tau:.3f}, n={sel.get('kendall_tau_n')})" if tau is not None
                     else ""))
-    ax.set_xlabel("GFLOPs")
+    ax.set_xlabel(unit)
     ax.set_ylabel("latency (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
