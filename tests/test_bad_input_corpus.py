@@ -320,6 +320,15 @@ CASES = [
     Case("selection-garbage", lambda w: ["bundle", w.family, "--target", "cpu", "--selection",
                                          (w.inp / "sel.json").write_text("{]") and w.inp / "sel.json",
                                          "--out", w.out / "bundle" / "cpu"], r"not valid JSON"),
+    # -- the main job (esta-export SUPERNET --target T --out DIR) into the folder of the earlier export
+    Case("main-job-unknown-target", lambda w: [w.supernet, "--target", "jetson-orin-turbo", "--out", w.out],
+         r"unknown target"),
+    Case("main-job-bad-target-file", lambda w: [w.supernet, "--target", C.target_file("unknown_backend.toml"),
+                                                "--out", w.out], r"backend"),
+    Case("main-job-truncated-supernet", lambda w: [C.truncated(w.supernet, w.inp / "trunc_main.safetensors"),
+                                                   "--target", "cpu", "--out", w.out], r"truncated|damaged"),
+    Case("main-job-nan-supernet", lambda w: [C.nonfinite(w.supernet, w.inp / "nan_main.safetensors", float("nan")),
+                                             "--target", "cpu", "--out", w.out], r"NaN or Inf"),
     # -- output folders -----------------------------------------------------------------------------
     Case("out-is-a-file", _good("--out", "PLACEHOLDER"), r"not a folder"),
     Case("out-empty-string", _good("--out", ""), r"--out|output",
