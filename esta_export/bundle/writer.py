@@ -336,6 +336,10 @@ def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dic
         plans.append(p)
     if kit:
         kit.update(plans=plans, timing_cache="timing.cache")
+        # build_engines.py validates every engine it builds against the fp32 reference with the
+        # target's gates: ship both (the kit in the compile folder finds them next to it).
+        kit["thresholds"] = (compiled.get("target_spec") or {}).get("validation")
+        kit["reference"] = _write_device_reference(root, compiled, compiled_dir, plan["include"])
         atomic_write_json(root / "kit.json", kit)
         lines = ["#!/bin/sh", "# Run on the target device, from this folder.", "set -e", "mkdir -p engines"]
         try:
@@ -350,6 +354,9 @@ def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dic
     for rel in ("build_engines.py", "README_DEVICE.md", *(compiled.get("build_kit") or [])):
         if (compiled_dir / rel).is_file() and rel not in ("kit.json", "trtexec.sh"):
             shutil.copy2(compiled_dir / rel, root / Path(rel).name)
+    if (root / "README_DEVICE.md").is_file():
+        atomic_write_text(root / "README_DEVICE.md",
+                          (root / "README_DEVICE.md").read_text() + _DEVICE_README_BUNDLE)
     if (compiled_dir / "timing.cache").is_file():
         shutil.copy2(compiled_dir / "timing.cache", root / "timing.cache")
     runtime = compiled.get("runtime") or {}
@@ -361,6 +368,48 @@ def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dic
             "kit": "kit.json" if kit else None, "timing_cache": "timing.cache",
             "note": "engines are built on the device (python3 build_engines.py kit.json); a plan built "
                     "for another TensorRT version or GPU is refused (esta_runtime.tensorrt_check)"}
+
+
+MAX_REFERENCE_BYTES = 8 << 20  # reference inputs shipped for on-device validation
+MIN_REFERENCE_SAMPLES = 8
+
+
+def _write_device_reference(root: Path, compiled: dict, compiled_dir: Path, ids: list[int]) -> str | None:
+    """``reference.npz`` for build_engines.py: the compile stage's reference inputs ``x`` (and
+    labels ``y``) and the fp32 logits ``ref_<id>`` of the bundled stitches, at most
+    MAX_REFERENCE_BYTES of inputs (never fewer than MIN_REFERENCE_SAMPLES samples)."""
+    import numpy as np
+
+    ref = _reference(compiled, compiled_dir)
+    if ref is None or "x" not in ref:
+        return None
+    x = ref["x"]
+    per = max(1, x[:1].nbytes)
+    n = min(len(x), max(MIN_REFERENCE_SAMPLES, MAX_REFERENCE_BYTES // per))
+    arrays = {"x": x[:n]}
+    if "y" in ref:
+        arrays["y"] = ref["y"][:n]
+    arrays.update({f"ref_{sid}": ref[f"ref_{sid}"][:n] for sid in ids if f"ref_{sid}" in ref})
+    from ..fsutil import atomic_path
+
+    with atomic_path(root / "reference.npz", suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return "reference.npz"
+
+
+_DEVICE_README_BUNDLE = """
+## In this bundle
+`python3 build_engines.py kit.json` builds each engine into `engines/`, then runs it on
+`reference.npz` (the compile stage's reference inputs and fp32 logits) and applies the target's
+gates (`thresholds` in kit.json: fp16 = worst-sample cosine + top-1 agreement; int8 = top-1
+agreement). Each verdict goes into `engines/stitch_<id>.plan.json` and all of them into
+`validation.json`; an engine that fails is reported and never used. `--check` re-validates.
+Only then do `app.py` (the runtime's `engine="auto"`) and `profile_device.py` run the engines;
+`profile_device.py` refuses (exit 2) while an engine is missing, stale or invalid, and its records
+say runtime "tensorrt", the GPU, and that host<->device copies are included in each timing.
+Until the engines are ready, `app.py` runs the ONNX graphs with ONNX Runtime and says so.
+None of this has been verified on hardware.
+"""
 
 
 def _copy_runtime(root: Path) -> None:
@@ -395,8 +444,11 @@ def _write_docs(root: Path, manifest: dict) -> None:
                         f"the engines into `engines/` with `python3 build_engines.py kit.json` (or `sh trtexec.sh`) "
                         f"on the device. Planned for TensorRT {trt.get('version')} on {trt.get('gpu')}; timing "
                         f"cache `{trt.get('timing_cache')}`. A plan built for another TensorRT version or GPU is "
-                        f"refused (`esta_runtime.tensorrt_check.check_plan`). Until the engines exist, "
-                        f"`app.py` runs the ONNX graphs with ONNX Runtime.\n")
+                        f"refused (`esta_runtime.tensorrt_check`), and so is one that failed validation "
+                        f"against `reference.npz` (see README_DEVICE.md). Once they are built and valid, "
+                        f"`app.py` and `profile_device.py` run the engines; until then `app.py` runs the "
+                        f"ONNX graphs with ONNX Runtime (and says so) and `profile_device.py` refuses. "
+                        f"Not verified on hardware.\n")
     runtime_req = "onnxruntime" if t.get("backend") in (None, "onnxruntime") else f"{t.get('backend')}"
     text = (TEMPLATES / "README.md.tmpl").read_text().format(
         target=t["name"], num_stitches=len(manifest["stitches"]), backend=t.get("backend"),

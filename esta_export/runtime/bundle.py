@@ -1,7 +1,11 @@
 """Open a bundle, pick a stitch by budget, switch stitches at run time, run inference.
 
+Engines: ONNX graphs with ONNX Runtime; for a TensorRT bundle, the engines built on the device by
+``build_engines.py`` once they are built for this device and passed validation (``engine="auto"``;
+:attr:`Bundle.engine_note` says plainly when a TensorRT bundle runs on ONNX Runtime instead).
+
 Thread model: ``run`` reads the active stitch under a lock and calls the (thread-safe) ONNX
-Runtime session outside it, so inference in several threads and ``activate`` from another thread
+Runtime session outside it (a TensorRT engine serializes its calls), so inference in several threads and ``activate`` from another thread
 never block each other for longer than a pointer swap. Loading a session happens outside the
 active-pointer lock (one lock per stitch), so switching to an unloaded stitch does not stall runs.
 """
@@ -80,7 +84,7 @@ class Bundle:
     def open(cls, path: str | Path, *, verify: bool = True, load: str = "lazy",
              share_weights: bool | None = None, providers: Iterable[str] | None = None,
              threads: int | None = None, latency_stat: str = "median",
-             memory_arena: bool | None = None) -> "Bundle":
+             memory_arena: bool | None = None, engine: str = "auto") -> "Bundle":
         """Open the bundle at ``path``.
 
         verify: hash every file against the manifest first (a flipped byte raises IntegrityError
@@ -91,6 +95,10 @@ class Bundle:
         prepacking is turned off then: it would copy every weight per session again). Default:
         the configuration the manifest's latencies were measured in (``manifest["session"]``).
         memory_arena: ONNX Runtime's CPU memory arena (default: off when sharing weights).
+        engine: "onnxruntime", "tensorrt" (the bundle's engines, built and validated on this
+        device by build_engines.py; refused with one line otherwise), or "auto": TensorRT for a
+        TensorRT bundle whose engines are all ready, else ONNX Runtime (``engine_note`` says why).
+        The TensorRT path is NOT verified on hardware.
         """
         root = Path(path)
         if not root.is_dir():
@@ -104,10 +112,38 @@ class Bundle:
             share_weights = bool((manifest.get("session") or {}).get("share_weights", True))
         b = cls(root, manifest, share_weights=share_weights, providers=providers, threads=threads,
                 latency_stat=latency_stat, memory_arena=memory_arena, verified=verify)
+        b._choose_engine(engine)
         if load == "all":
             for sid in b._entries:
                 b.load(sid)
         return b
+
+    def _choose_engine(self, engine: str) -> None:
+        from .tensorrt_check import EnginesNotReadyError, load_build_engines, ready_engines
+
+        if engine not in ("auto", "onnxruntime", "tensorrt"):
+            raise BundleError(f"engine={engine!r} is not 'auto', 'onnxruntime' or 'tensorrt'")
+        self.engine, self.engine_note, self._engines = "onnxruntime", None, {}
+        is_trt = (self.manifest.get("target") or {}).get("backend") == "tensorrt"
+        if engine == "onnxruntime" or (engine == "auto" and not is_trt):
+            if is_trt:
+                self.engine_note = ("TensorRT bundle run with ONNX Runtime on request: not the engines "
+                                    "the latencies were measured with")
+            return
+        if not is_trt:
+            raise BundleError("engine='tensorrt' needs a TensorRT bundle; this one is for "
+                              f"{(self.manifest.get('target') or {}).get('backend')}",
+                              hint="open it with engine='auto' or 'onnxruntime'")
+        try:
+            self._engines = ready_engines(self.root, self.manifest, list(self._entries))
+            self._build_engines = load_build_engines(self.root)
+        except EnginesNotReadyError as err:
+            if engine == "tensorrt":
+                raise
+            self.engine_note = (f"TensorRT bundle running its ONNX graphs with ONNX Runtime, not its TensorRT "
+                                f"engines: {err.message}")
+            return
+        self.engine = "tensorrt"
 
     # -- stitches ----------------------------------------------------------------------------
     def _stitch(self, entry: dict) -> Stitch:
@@ -183,6 +219,10 @@ class Bundle:
         return self._sessions[sid]
 
     def _create_session(self, entry: dict):
+        if self.engine == "tensorrt":
+            from .tensorrt_check import EngineSession
+
+            return EngineSession(self._build_engines, self._engines[int(entry["id"])])
         art = entry["artifact"]
         if art.get("format", "onnx") != "onnx":
             raise BundleError(f"stitch {entry['id']} is a {art['format']} artifact; this runtime runs "

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Example application: load this bundle, pick a stitch by latency budget, classify an image.
 
-Needs only numpy and onnxruntime (Pillow to read PNG/JPEG). Run from anywhere:
+Needs only numpy and onnxruntime (Pillow to read PNG/JPEG); a TensorRT bundle runs its engines
+once build_engines.py has built and validated them (TensorRT + cuda-python). Run from anywhere:
 
     python3 app.py [IMAGE.npy|IMAGE.png] [--budget-ms 5] [--min-accuracy 0.7] [--runs 20]
 """
@@ -46,7 +47,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         bundle = Bundle.open(HERE, verify=not args.no_verify)
         print(f"opened bundle ({len(bundle.stitches())} stitches, target "
-              f"{bundle.manifest['target']['name']}) in {(time.perf_counter() - t0) * 1e3:.1f} ms")
+              f"{bundle.manifest['target']['name']}, running on {bundle.engine}) in "
+              f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
+        if bundle.engine_note:  # a TensorRT bundle whose engines are not (yet) usable here
+            print(f"note: {bundle.engine_note}")
         stitch = (bundle.stitch(args.stitch) if args.stitch is not None
                   else bundle.select(latency_budget_ms=args.budget_ms, min_accuracy=args.min_accuracy))
         t0 = time.perf_counter()
