@@ -69,6 +69,8 @@ class RunConfig:
 
 def run_pipeline(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_args(args)
+    if cfg.out is None:
+        cfg.out = str(cfg.resolved_out())
     if args.dry_run:
         print(json.dumps(cfg.to_json(), indent=2))
         return 0
