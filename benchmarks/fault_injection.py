@@ -198,6 +198,9 @@ def main() -> int:
         if ok:
             ok = own_bundle_ok(out)
             bundle, manifest = rebundle(out, selection)
+            # Rebuilt now, not once at the start: the bundle copies the runtime's sources, which
+            # may change in a working tree during a long run.
+            ref_bundle, ref_manifest = rebundle(clean, selection)
             diff += sorted(f"bundle:{k}" for k in set(ref_bundle) | set(bundle) if ref_bundle.get(k) != bundle.get(k))
             if manifest != ref_manifest:
                 diff.append("bundle:manifest.json (without timings)")
