@@ -192,3 +192,115 @@ def test_dla_layer_report_on_jetson(tmp_path):
     art = get_backend("tensorrt").compile(onnx_path, load_target("jetson-orin-dla"),
                                           tmp_path / "stitch_000", "fp16")
     assert art.info["engine"]["layers"]["layers"] > 0
+
+
+# ---- on-device validation gates (plain numpy copy in trt_build vs esta_export.validate) -------
+def _gate_cases():
+    rng = np.random.default_rng(7)
+    ref = rng.standard_normal((32, 10)).astype(np.float32)
+    flipped = ref.copy()
+    flipped[:3] = flipped[:3, ::-1]  # top-1 changes on 3 of 32 samples
+    nan = ref.copy()
+    nan[4, 2] = np.nan
+    labels = ref.argmax(1).copy()
+    labels[:5] = (labels[:5] + 1) % 10
+    return {
+        "identical": (ref.copy(), ref, None),
+        "fp16 rounding": (ref.astype(np.float16).astype(np.float32), ref, None),
+        "small noise": (ref + 1e-3 * rng.standard_normal(ref.shape).astype(np.float32), ref, None),
+        "large noise": (ref + 0.3 * rng.standard_normal(ref.shape).astype(np.float32), ref, None),
+        "flipped top-1": (flipped, ref, None),
+        "nan": (nan, ref, None),
+        "zero rows": (np.zeros_like(ref), ref, None),
+        "labelled": (flipped, ref, labels),
+    }
+
+
+@pytest.mark.parametrize("case", list(_gate_cases()))
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_device_gate_gives_validate_py_verdicts(case, precision):
+    """build_engines.py gates engines with its own numpy copy of the tier-3 gate: it must agree
+    with esta_export.validate figure for figure and verdict for verdict."""
+    from dataclasses import asdict
+
+    from esta_export import validate
+    from esta_export.targets import Thresholds
+
+    out, ref, labels = _gate_cases()[case]
+    for th in (Thresholds(), Thresholds(fp16_min_cosine=0.9999, int8_min_top1_agreement=0.95,
+                                        max_accuracy_drop=0.2, fp32_max_rel_error=1e-2)):
+        want = validate.validate(precision, out, ref, th, labels)
+        got = trt_build.gate(precision, trt_build.compare_logits(out, ref, labels), asdict(th))
+        assert got == want
+        if not want["passed"]:
+            assert trt_build.describe_failure(got) == validate.describe_failure(want)
+
+
+def test_device_gate_defaults_are_the_targets_defaults():
+    from dataclasses import asdict
+
+    from esta_export.targets import Thresholds
+
+    assert trt_build.DEFAULT_THRESHOLDS == asdict(Thresholds())
+
+
+def test_device_gate_refuses_a_wrong_shape_and_an_unknown_precision():
+    ref = np.zeros((4, 10), np.float32)
+    v = trt_build.gate("fp16", trt_build.compare_logits(np.zeros((4, 9)), ref))
+    assert v["passed"] is False and v["metric"] == "shape" and "differs" in trt_build.describe_failure(v)
+    with pytest.raises(ValueError):
+        trt_build.gate("fp8", trt_build.compare_logits(ref, ref))
+
+
+def test_device_thresholds_and_reference_from_a_compile_folder(tmp_path):
+    """The compile folder's kit (written by the backend) has no thresholds: build_engines.py reads
+    the target's from compile.json and the reference next to kit.json."""
+    (tmp_path / "compile.json").write_text(json.dumps(
+        {"target_spec": {"validation": {"fp16_min_cosine": 0.99}}}))
+    th, source = trt_build.kit_thresholds(tmp_path, {})
+    assert th["fp16_min_cosine"] == 0.99 and th["int8_min_top1_agreement"] == 0.90
+    assert source == "compile.json target"
+    assert trt_build.kit_thresholds(tmp_path, {"thresholds": {"fp16_min_cosine": 0.5}})[0][
+        "fp16_min_cosine"] == 0.5
+    assert trt_build.kit_thresholds(tmp_path / "none", {})[1] == "esta-export defaults"
+    assert trt_build.load_reference(tmp_path, {}) is None
+    x = np.ones((3, 3, 8, 8), np.float32)
+    np.savez(tmp_path / "reference.npz", x=x, ref_0=np.ones((3, 10)), ref_12=np.zeros((3, 10)))
+    ref = trt_build.load_reference(tmp_path, {})
+    assert sorted(ref["refs"]) == [0, 12] and ref["y"] is None and ref["x"].shape == (3, 3, 8, 8)
+
+
+def test_engine_without_reference_is_not_validated(tmp_path):
+    """No fp32 reference for a stitch: the verdict is 'not validated' (never a pass), without
+    running anything."""
+    (tmp_path / "e.plan").write_bytes(b"not an engine")
+    plan = {"id": 3, "engine": "e.plan", "precision": "fp16",
+            "profile": {"pixels": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [8, 3, 8, 8]}}}
+    v = trt_build.validate_engine(plan, tmp_path, None, trt_build.DEFAULT_THRESHOLDS)
+    assert v["passed"] is None and "no fp32 reference" in v["reason"]
+    assert trt_build.describe_failure(v).startswith("not validated")
+    assert trt_build.max_batch(plan) == 8
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_TRT, reason="needs the TensorRT Python package and an NVIDIA GPU")
+def test_build_engines_validates_against_reference_on_gpu(tmp_path):
+    """On a GPU: build_engines.py builds, runs the engine on the reference and records a passing
+    fp16 verdict in the .plan.json and validation.json."""
+    import onnxruntime as ort
+
+    onnx_path = export_onnx(tmp_path / "g" / "s.onnx")
+    t = load_target("nvidia-gpu")
+    b = get_backend("tensorrt")
+    out = tmp_path / "kit"
+    b.compile(onnx_path, t, out / "stitch_000", "fp16")
+    b.finalize(out, t, [{"id": 0, "dir": "stitch_000"}])
+    x = calibration(16)
+    ref = ort.InferenceSession(str(onnx_path)).run(None, {"pixels": x})[0]
+    np.savez(out / "reference.npz", x=x, ref_0=ref)
+    assert trt_build.main([str(out / "kit.json")]) == 0
+    meta = json.loads((out / "stitch_000" / "model.plan.json").read_text())
+    assert meta["validation"]["passed"] is True and meta["validation"]["metric"] == "cosine_min"
+    summary = json.loads((out / "validation.json").read_text())
+    assert summary["ok"] == 1 and summary["failed"] == 0
+    assert trt_build.main([str(out / "kit.json"), "--check"]) == 0

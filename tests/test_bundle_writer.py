@@ -159,6 +159,17 @@ def test_tensorrt_bundle_carries_build_kit(tmp_path):
     assert "not verified on hardware" in (b / "README.md").read_text()
     status = Bundle.open(b).engine_status(found={"tensorrt_version": trt["version"], "gpu": trt["gpu"]})
     assert set(status.values()) == {"not built"}
+    # build_engines.py validates each engine on the device: the bundle carries the reference
+    # inputs, the fp32 logits of every bundled stitch and the target's gates
+    assert kit["reference"] == "reference.npz" and kit["thresholds"]["fp16_min_cosine"] == 0.999
+    ref = np.load(b / "reference.npz")
+    compiled_ref = np.load(job / "compiled" / "jetson-orin" / "reference.npz")
+    assert set(ref.files) == {"x"} | {f"ref_{p['id']}" for p in kit["plans"]}
+    np.testing.assert_array_equal(ref["x"], compiled_ref["x"][:len(ref["x"])])
+    np.testing.assert_array_equal(ref["ref_3"], compiled_ref["ref_3"][:len(ref["x"])])
+    assert len(ref["x"]) >= 8 and ref["x"].nbytes <= 8 << 20
+    assert "reference.npz" in {f["path"] for f in m["files"]}
+    assert "validation.json" in (b / "README_DEVICE.md").read_text()
 
 
 def test_real_export_and_compile_stages_bundle_and_match_reference(v1_supernet, tmp_path):
@@ -215,3 +226,22 @@ def test_app_budget_too_small_is_one_line_error(bundle, tmp_path):
     proc = subprocess.run([sys.executable, "-I", str(bundle / "app.py"), "--budget-ms", "0.000001"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "raise the budget" in proc.stderr
+
+
+def test_device_reference_is_capped_but_keeps_enough_samples(tmp_path):
+    from esta_export.bundle.writer import MAX_REFERENCE_BYTES, _write_device_reference
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3, 224, 224)).astype(np.float32)  # 24 MB of 224 px inputs
+    np.savez(tmp_path / "reference.npz", x=x, y=np.arange(40), ref_1=rng.standard_normal((40, 5)),
+             ref_2=rng.standard_normal((40, 5)))
+    out = tmp_path / "bundle"
+    out.mkdir()
+    assert _write_device_reference(out, {"reference": "reference.npz"}, tmp_path, [2]) == "reference.npz"
+    ref = np.load(out / "reference.npz")
+    assert set(ref.files) == {"x", "y", "ref_2"}  # only the bundled stitch's logits
+    n = len(ref["x"])
+    assert 8 <= n < 40 and ref["x"].nbytes <= MAX_REFERENCE_BYTES
+    np.testing.assert_array_equal(ref["x"], x[:n])
+    np.testing.assert_array_equal(ref["y"], np.arange(n))
+    assert _write_device_reference(out, {}, tmp_path, [2]) is None  # no reference: nothing shipped

@@ -286,3 +286,141 @@ def test_tampered_weights_refused_at_load_without_verify(copy):
     b = Bundle.open(copy, verify=False)
     with pytest.raises(IntegrityError, match=r"models/weights\.bin"):
         b.activate(1)
+
+
+# ---- TensorRT bundles: engines are used only when built for this device and validated ---------
+# No TensorRT here: these cover every refusal and the ONNX Runtime fallback. The build records
+# written below are the files build_engines.py leaves next to an engine; nothing runs an engine.
+@pytest.fixture(scope="module")
+def trt_bundle_dir(tmp_path_factory):
+    from esta_export.compile import compile_export
+
+    job = make_family(tmp_path_factory.mktemp("trtjob"), with_selection=False)
+    summary = compile_export(job / "export", "jetson-orin", job / "compiled" / "jetson-orin")
+    if summary["engines_built"]:
+        pytest.skip("running on a Jetson: engines were built at compile time")
+    return write_bundle(job, "jetson-orin", job / "bundle" / "jetson-orin")
+
+
+@pytest.fixture
+def trt_copy(trt_bundle_dir, tmp_path):
+    dst = tmp_path / "tb"
+    shutil.copytree(trt_bundle_dir, dst)
+    return dst
+
+
+def _fake_build_records(root, *, passed=True, onnx_sha=None, skip=()):
+    """Write the files build_engines.py leaves behind (plan bytes + .plan.json key and verdict)."""
+    from esta_export.runtime.integrity import sha256_file
+
+    kit = json.loads((root / "kit.json").read_text())
+    (root / "engines").mkdir(exist_ok=True)
+    for plan in kit["plans"]:
+        if plan["id"] in skip:
+            continue
+        engine = root / plan["engine"]
+        engine.write_bytes(b"plan bytes of stitch %d" % plan["id"])
+        ok = passed(plan["id"]) if callable(passed) else passed
+        verdict = {"tier": 3, "precision": "fp16", "passed": ok, "metric": "cosine_min",
+                   "value": 0.9999 if ok else 0.5, "threshold": 0.999,
+                   "engine_sha256": sha256_file(engine)}
+        key = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": None,
+               "precision": plan["precision"], "profile": plan["profile"], "dla_core": plan.get("dla_core"),
+               "builder_optimization_level": plan.get("builder_optimization_level"),
+               "onnx_sha256": onnx_sha or sha256_file(root / plan["onnx"])}
+        (root / (plan["engine"] + ".json")).write_text(json.dumps({"key": key, "validation": verdict}))
+    return kit
+
+
+def _profile_device(root, *args):
+    return subprocess.run([sys.executable, "-I", str(root / "profile_device.py"), "--runs", "3",
+                           "--seconds", "0", *args], capture_output=True, text=True, cwd=root.parent,
+                          timeout=300)
+
+
+def _one_line_refusal(proc, *needles):
+    from esta_export.runtime.tensorrt_check import NOT_READY
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert NOT_READY in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_tensorrt_profiler_refuses_without_engines(trt_copy):
+    _one_line_refusal(_profile_device(trt_copy), "stitch 0: not built", "more")
+
+
+def test_tensorrt_profiler_refuses_a_failed_engine(trt_copy):
+    _fake_build_records(trt_copy, passed=lambda sid: sid != 2)
+    _one_line_refusal(_profile_device(trt_copy), "stitch 2: failed validation (cosine_min = 0.5")
+    # engine="tensorrt" needs every stitch ready, even when only some are timed
+    _one_line_refusal(_profile_device(trt_copy, "--stitches", "0,1"), "stitch 2: failed validation")
+    # every record passes the file checks: then TensorRT itself is needed, and it is not here
+    _fake_build_records(trt_copy)
+    _one_line_refusal(_profile_device(trt_copy), "TensorRT's Python bindings are not importable")
+
+
+def test_tensorrt_profiler_refuses_an_unvalidated_or_swapped_engine(trt_copy):
+    _fake_build_records(trt_copy, passed=None)
+    _one_line_refusal(_profile_device(trt_copy), "stitch 0: not validated")
+    _fake_build_records(trt_copy)
+    (trt_copy / "engines" / "stitch_001.plan").write_bytes(b"another engine")
+    _one_line_refusal(_profile_device(trt_copy), "stitch 1: stitch_001.plan is not the engine that was validated")
+
+
+def test_tensorrt_profiler_refuses_a_stale_engine(trt_copy):
+    from esta_export.runtime.tensorrt_check import (EnginesNotReadyError, load_build_engines,
+                                                    ready_engines)
+
+    _fake_build_records(trt_copy, onnx_sha="0" * 64)
+    _one_line_refusal(_profile_device(trt_copy), "built from another graph")
+    # built for another TensorRT / GPU: judged with the bundle's own build_engines.py key
+    _fake_build_records(trt_copy)
+    m = json.loads((trt_copy / "manifest.json").read_text())
+    be = load_build_engines(trt_copy)
+    here = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": None}
+    assert sorted(ready_engines(trt_copy, m, [0, 1], build_engines=be, fingerprint=here)) == [0, 1]
+    with pytest.raises(EnginesNotReadyError, match=r"stitch 0: built for another setup \(differs in: tensorrt, gpu\)"):
+        ready_engines(trt_copy, m, [0, 1], build_engines=be,
+                      fingerprint=dict(here, tensorrt="10.4.0", gpu="NVIDIA H200"))
+
+
+def test_tensorrt_bundle_app_path_falls_back_to_onnxruntime_and_says_so(trt_copy):
+    from esta_export.runtime.tensorrt_check import EnginesNotReadyError
+
+    b = Bundle.open(trt_copy)
+    assert b.engine == "onnxruntime" and "not its TensorRT engines" in b.engine_note
+    assert "stitch 0: not built" in b.engine_note
+    ref = np.load(trt_copy / "reference.npz")
+    np.testing.assert_allclose(b.run(ref["x"][:2], stitch_id=1), ref["ref_1"][:2], rtol=1e-4, atol=1e-5)
+    with pytest.raises(EnginesNotReadyError, match="build_engines.py kit.json"):
+        Bundle.open(trt_copy, engine="tensorrt")
+    assert "on request" in Bundle.open(trt_copy, engine="onnxruntime").engine_note
+    proc = subprocess.run([sys.executable, "-I", str(trt_copy / "app.py"), "--runs", "1"],
+                          capture_output=True, text=True, cwd=trt_copy.parent, timeout=300)
+    assert proc.returncode == 0 and "running on onnxruntime" in proc.stdout
+    assert "note: TensorRT bundle running its ONNX graphs with ONNX Runtime" in proc.stdout
+
+
+def test_engine_choice_errors(bundle_dir):
+    with pytest.raises(BundleError, match="needs a TensorRT bundle"):
+        Bundle.open(bundle_dir, engine="tensorrt")
+    with pytest.raises(BundleError, match="is not 'auto'"):
+        Bundle.open(bundle_dir, engine="cuda")
+    b = Bundle.open(bundle_dir)
+    assert b.engine == "onnxruntime" and b.engine_note is None
+
+
+def test_onnxruntime_bundle_still_profiles_with_onnxruntime(bundle_dir):
+    import onnxruntime as ort
+
+    proc = _profile_device(bundle_dir, "--stitches", "0,3")
+    assert proc.returncode == 0, proc.stderr
+    recs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["stitch_id"] for r in recs] == [0, 3]
+    for r in recs:
+        assert r["runtime"] == "onnxruntime" and r["runtime_version"] == ort.__version__
+        assert r["env"]["runtimes"]["onnxruntime"] == ort.__version__ and r["transfers"] is False
+        assert r["latency_ms"]["runs"] >= 3 and r["latency_ms"]["min"] > 0
