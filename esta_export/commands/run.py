@@ -13,7 +13,9 @@ from .export import add_export_args
 class Run:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        add_supernet_args(p)
+        add_supernet_args(p, positional=False)
+        p.add_argument("supernet", metavar="SUPERNET", nargs="?",
+                       help="supernet file (.safetensors or SN-Net .pth); optional with --config")
         p.add_argument("--target", default="cpu", help="deployment target name or .toml file (default: cpu)")
         p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: out/<supernet name>-<target>)")
         add_export_args(p)

@@ -1,0 +1,74 @@
+"""The README's first-screen commands work as written (Polygraphy's rule: every README command runs in
+the tests). The main job runs on the shipped demo with a stitch subset and short timing so the suite
+stays fast; the flags it adds only narrow the work, they do not change what the command does."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _first_block_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_readme_first_screen_has_the_two_commands():
+    cmds = _first_block_commands()
+    main = [c for c in cmds if c.startswith("esta-export ")]
+    tests = [c for c in cmds if "pytest" in c]
+    assert len(main) == 1 and len(tests) == 1
+    assert "examples/demo/" in main[0] and "--target cpu" in main[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests[0] in ci, "the CI must run the README's test command"
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_readme_main_job_runs_on_the_demo(tmp_path):
+    main = next(c for c in _first_block_commands() if c.startswith("esta-export "))
+    argv = shlex.split(main)[1:]
+    out_i = argv.index("--out")
+    argv[out_i + 1] = str(tmp_path / "demo")
+    argv += ["--stitches", "0,1,2,32,34", "--runs", "5", "--seconds", "0.05", "-q"]
+    proc = subprocess.run([sys.executable, "-m", "esta_export", *argv], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "demo"
+    for path in ("export/export.json", "compiled/cpu/compile.json", "profiles/cpu.jsonl", "select/cpu.json",
+                 "report/report.html", "report/pareto.png", "bundle/cpu/manifest.json", "run.json"):
+        assert (out / path).is_file(), path
+    sel = json.loads((out / "select/cpu.json").read_text())
+    assert sel["accuracy_source"].startswith("val-data") and sel["selected"]
+    manifest = json.loads((out / "bundle/cpu/manifest.json").read_text())
+    assert {s["id"] for s in manifest["stitches"]} == set(sel["selected"])
+    # The bundle's example app runs on its own (the torch-free check lives in test_runtime.py).
+    app = subprocess.run([sys.executable, str(out / "bundle/cpu/app.py"), "--runs", "3"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert app.returncode == 0, app.stderr[-2000:]
+    assert "top-5" in app.stdout
+
+
+def test_replay_saved_run_config(tmp_path):
+    main = next(c for c in _first_block_commands() if c.startswith("esta-export "))
+    argv = shlex.split(main)[1:] + ["--dry-run"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "o")
+    proc = subprocess.run([sys.executable, "-m", "esta_export", *argv], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(proc.stdout)
+    assert cfg["target"] == "cpu" and cfg["out"] == str(tmp_path / "o")
+    (tmp_path / "run.json").write_text(proc.stdout)
+    again = subprocess.run([sys.executable, "-m", "esta_export", "--config", str(tmp_path / "run.json"), "--dry-run"],
+                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads(again.stdout) == cfg
