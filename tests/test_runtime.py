@@ -424,3 +424,9 @@ def test_onnxruntime_bundle_still_profiles_with_onnxruntime(bundle_dir):
         assert r["runtime"] == "onnxruntime" and r["runtime_version"] == ort.__version__
         assert r["env"]["runtimes"]["onnxruntime"] == ort.__version__ and r["transfers"] is False
         assert r["latency_ms"]["runs"] >= 3 and r["latency_ms"]["min"] > 0
+
+
+def test_profiler_bad_stitch_ids_are_one_line_errors(bundle_dir):
+    for ids, needle in (("0,99", "stitch 99 is not in this bundle"), ("0,x", "comma-separated")):
+        proc = _profile_device(bundle_dir, "--stitches", ids)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr

@@ -189,7 +189,7 @@ def profile(bundle, *, runs: int = 50, seconds: float = 2.0, warmup_runs: int = 
 
 def main(argv=None) -> int:
     from .bundle import Bundle
-    from .errors import BundleError
+    from .errors import BundleError, NoStitchFitsError
     from .manifest import load_manifest
 
     p = argparse.ArgumentParser(description="Time every stitch of this bundle on this device.")
@@ -207,10 +207,14 @@ def main(argv=None) -> int:
         engine = "tensorrt" if backend == "tensorrt" else "onnxruntime"
         bundle = Bundle.open(args.bundle, threads=args.threads, share_weights=not args.no_share_weights,
                              engine=engine)
-        ids = None if not args.stitches else args.stitches.split(",")
+        try:
+            ids = None if not args.stitches else [int(i) for i in args.stitches.split(",")]
+        except ValueError:
+            raise BundleError(f"--stitches {args.stitches!r} is not a comma-separated list of ids",
+                              hint="e.g. --stitches 0,3") from None
         for rec in profile(bundle, runs=args.runs, seconds=args.seconds, batch=args.batch, stitch_ids=ids):
             print(json.dumps(rec), flush=True)
-    except BundleError as err:
+    except (BundleError, NoStitchFitsError) as err:
         print(f"profile_device: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # CUDA / TensorRT failed while running a validated engine
