@@ -19,6 +19,10 @@ from typing import Any, Iterator
 from .errors import InputError, ResourceError
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -37,6 +41,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp's 0600 would make outputs unreadable to others
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -89,13 +94,16 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise InputError(f"{what} not found: {path}", hint="run the stage that writes it first")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{what} {path} is not valid JSON ({err})",
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise InputError(f"{what} {path} is not valid JSON ({reason})",
                          hint="re-run the stage that writes it (with --fresh)") from None
 
 
 def prepare_out_dir(path: str | os.PathLike) -> Path:
     """Create (or reuse) an output folder and check it is writable."""
+    if not str(path).strip():
+        raise InputError("the output folder is an empty path", hint="give --out a folder name")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"output path {path} exists and is not a folder",

@@ -262,8 +262,7 @@ CASES = [
     Case("spec-newer-major", _spec("newer.safetensors", _newer_spec), r"newer"),
     Case("spec-not-json", _spec("specjunk.safetensors", lambda s: "{not json"), r"not valid JSON"),
     Case("spec-impossible-heads", _spec("heads.safetensors", _bad_heads), r"num_heads"),
-    Case("spec-deeply-nested", _spec("nested.safetensors", lambda s: C.deeply_nested_json()), r"JSON|spec",
-         bug="SupernetSpec.loads (supernet/spec.py) lets json's RecursionError escape"),
+    Case("spec-deeply-nested", _spec("nested.safetensors", lambda s: C.deeply_nested_json()), r"JSON|spec"),
     Case("directory-as-supernet", lambda w: ["export", w.inp, "--out", w.export], r"not a file"),
     Case("missing-supernet", lambda w: ["export", w.inp / "nope.safetensors", "--out", w.export], r"not found"),
     Case("not-a-command", lambda w: ["frobnicate"], r"neither a command"),
@@ -282,8 +281,7 @@ CASES = [
     Case("config-not-json", _config("cfg.json", "{nope"), r"run configuration"),
     Case("config-unknown-keys", _config("cfg2.json", '{"supernet": "x", "turbo": 1}'), r"unknown or missing keys"),
     Case("config-alone", lambda w: ["run", "--config", (w.inp / "cfg3.json").write_text("{nope") and w.inp / "cfg3.json"],
-         r"run configuration",
-         bug="commands/run.py makes SUPERNET required, so 'run --config FILE' (replay) never reaches RunConfig.from_args"),
+         r"run configuration"),
     # -- targets ------------------------------------------------------------------------------------
     Case("target-wrong-types", _compile_with_target("wrong_types.toml"), r"must be"),
     Case("target-unknown-key", _compile_with_target("unknown_key.toml"), r"unknown key"),
@@ -306,11 +304,10 @@ CASES = [
          r"newer"),
     Case("export-json-garbage", _compile_export("export_garbage", lambda s: "\x00garbage{"), r"not valid JSON|export"),
     Case("export-json-deeply-nested", _compile_export("export_nested", lambda s: C.deeply_nested_json()),
-         r"JSON|export", bug="fsutil.read_json lets json's RecursionError escape"),
+         r"JSON|export"),
     Case("compile-json-garbage-select", _compiled_with("comp_garbage", "garbage", "select"), r"not valid JSON"),
     Case("compile-json-garbage-profile", _compiled_with("comp_garbage2", "garbage", "profile"), r"not valid JSON"),
-    Case("compile-json-not-object", _compiled_with("comp_list", "[1, 2]", "select"), r"compile",
-         bug="profiling/compiled.py read_compiled calls .get on a non-dict compile.json (AttributeError)"),
+    Case("compile-json-not-object", _compiled_with("comp_list", "[1, 2]", "select"), r"compile"),
     Case("profile-store-binary", _store("binary.jsonl", b"\xff\xfe\x00garbage\n"), r"profile|store|record"),
     Case("profile-store-newer-major", _store("newer.jsonl", (json.dumps({**REC, "schema_version": "9.0"}) + "\n").encode()),
          r"newer"),
@@ -331,8 +328,7 @@ CASES = [
                                              "--target", "cpu", "--out", w.out], r"NaN or Inf"),
     # -- output folders -----------------------------------------------------------------------------
     Case("out-is-a-file", _good("--out", "PLACEHOLDER"), r"not a folder"),
-    Case("out-empty-string", _good("--out", ""), r"--out|output",
-         bug="fsutil.prepare_out_dir accepts '' (Path('') == '.') and writes into the working directory"),
+    Case("out-empty-string", _good("--out", ""), r"--out|output"),
     Case("out-unwritable-proc", _good("--out", "/proc/esta-export-corpus/out"), r"cannot write|output folder"),
 ]
 
@@ -445,7 +441,7 @@ BUNDLE_CASES = {
     "manifest-path-escape": (lambda b: C.edit_manifest(b, _manifest_escape), r"leaves the bundle"),
     "manifest-deeply-nested": (lambda b: C.edit_manifest(b, lambda m: C.deeply_nested_json()), r"JSON"),
 }
-BUNDLE_BUGS = {"manifest-deeply-nested": "runtime/manifest.py load_manifest lets json's RecursionError escape"}
+BUNDLE_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="bug: " + BUNDLE_BUGS[n]))
@@ -474,7 +470,7 @@ ARCHIVE_CASES = {
     "archive-device": (lambda w, p: C.archive_device(p), r"device"),
     "archive-garbage": (lambda w, p: C.archive_garbage(p), r"not a readable tar"),
 }
-ARCHIVE_BUGS = {"archive-garbage": "bundle/archive.py extract_archive puts tarfile's multi-line ReadError in its message"}
+ARCHIVE_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="bug: " + ARCHIVE_BUGS[n]))

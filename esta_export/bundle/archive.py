@@ -75,7 +75,8 @@ def extract_archive(path: str | Path, dest: str | Path) -> Path:
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as err:
-        raise BundleError(f"{path} is not a readable tar archive ({err})", hint="re-download the bundle") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BundleError(f"{path} is not a readable tar archive ({first})", hint="re-download the bundle") from None
     with tar:
         members = tar.getmembers()
         for m in members:

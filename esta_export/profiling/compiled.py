@@ -63,6 +63,9 @@ def read_compiled(compiled_dir: str | Path) -> tuple[dict[str, Any], dict[str, A
         raise InputError(f"compiled folder not found: {compiled_dir}",
                          hint="run 'esta-export compile' first and pass its output folder")
     comp = read_json(compiled_dir / "compile.json", "compile summary")
+    if not isinstance(comp, dict):
+        raise InputError(f"{compiled_dir / 'compile.json'} is not a compile summary (a JSON object)",
+                         hint="re-run 'esta-export compile --fresh'")
     export = None
     export_dir = compiled_dir
     if comp.get("export"):

@@ -50,7 +50,7 @@ def load_manifest(bundle_dir: str | Path) -> dict:
                           hint="the bundle is incomplete or this is not a bundle folder")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise BundleError(f"{path} is not valid JSON ({err})",
                           hint="re-create or re-copy the bundle") from None
     return check_manifest(manifest, str(path))

@@ -103,7 +103,7 @@ class SupernetSpec:
     def loads(cls, text: str) -> "SupernetSpec":
         try:
             d = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as err:
+        except (json.JSONDecodeError, TypeError, RecursionError) as err:
             raise FormatError(f"the supernet spec is not valid JSON ({err})",
                               hint="the file is damaged; convert the checkpoint again") from None
         return _parse_spec(d)
