@@ -158,7 +158,9 @@ def _plan(export: dict, compiled: dict, select: dict | None) -> dict:
     failed = {int(f["id"]): f.get("reason", "failed") for f in compiled.get("failed", [])}
     excluded = []
     if select is not None:
-        wanted = [int(i) for i in select.get("selected", [])]
+        # Sorted: the bundle's bytes depend on which stitches were selected, not on the order
+        # (by measured latency) the selection lists them in.
+        wanted = sorted(int(i) for i in select.get("selected", []))
         note = f"stitches selected by esta-export select ({len(wanted)})"
     else:
         wanted = sorted(artifacts)
