@@ -18,6 +18,8 @@ installed where this was written; everything that runs without it is tested.
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import os
@@ -285,7 +287,10 @@ class TensorRTBackend(Backend):
                "jetpack": target.runtime.jetpack, "l4t": target.runtime.l4t,
                "power_mode": (None if target.power_mode is None else
                               {"id": target.power_mode.id, "name": target.power_mode.name}),
-               "timing_cache": TIMING_CACHE, "plans": plans}
+               "timing_cache": TIMING_CACHE, "plans": plans,
+               # What build_engines.py re-validates every engine against, with the target's gates.
+               "reference": "reference.npz",
+               "thresholds": dataclasses.asdict(target.validation)}
         from . import trt_build
         shutil.copyfile(trt_build.__file__, out_dir / ".build_engines.py.tmp")
         os.replace(out_dir / ".build_engines.py.tmp", out_dir / "build_engines.py")
@@ -352,7 +357,12 @@ Stitches: {n}
    Both reuse `{TIMING_CACHE}` across stitches; each engine is written next to its graph with a
    `.plan.json` key (TensorRT version, GPU, L4T, precision, shapes, ONNX sha256).
 4. `python3 build_engines.py kit.json --check` refuses plans built for another TensorRT or GPU.
-5. Bring the folder back (or run `esta-export profile` on the device) to validate and profile.
+   After building, `build_engines.py` runs every engine on `reference.npz` and applies the
+   target's gates (fp16: cosine similarity and top-1 agreement with the fp32 reference); an
+   engine that fails is reported and never used (`validation.json`).
+5. Profile on the device: bundle this target (`esta-export bundle`) and run
+   `esta-export profile --remote user@device` from the build machine, or `python3
+   profile_device.py` in the bundle on the device; it times the validated engines only.
 
 `layers.json` per stitch lists which layers landed on the DLA (DLA targets): ViT attention and
 norms fall back to the GPU.

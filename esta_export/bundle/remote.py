@@ -140,8 +140,11 @@ def remote_profile(bundle_dir: str | Path, host: str, *, user: str | None = None
     proc = _run(base, cmd, "profiling", timeout=timeout)
     if proc.returncode != 0:
         raise RemoteError(f"the profiler failed on {base[-1]} (exit {proc.returncode}): {_last_line(proc.stderr)}",
-                          hint=f"the device needs {python} with numpy and onnxruntime; try "
-                               f"'cd {remote_dir} && {python} app.py' there")
+                          hint=(f"for a TensorRT bundle build and validate the engines there first "
+                                f"('cd {remote_dir} && {python} build_engines.py kit.json'; needs TensorRT "
+                                f"and cuda-python)" if _is_tensorrt(bundle_dir) else
+                                f"the device needs {python} with numpy and onnxruntime; try "
+                                f"'cd {remote_dir} && {python} app.py' there"))
     records = []
     for line in proc.stdout.decode(errors="replace").splitlines():
         if line.startswith("{"):
@@ -155,6 +158,14 @@ def remote_profile(bundle_dir: str | Path, host: str, *, user: str | None = None
     if store_path is not None:
         _store(store_path, records)
     return records
+
+
+def _is_tensorrt(bundle_dir) -> bool:
+    try:
+        manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+        return (manifest.get("target") or {}).get("backend") == "tensorrt"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _with_env_hash(rec: dict) -> dict:
