@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import InputError
+from .onnx_export import ExportResult, ExportSettings, export_supernet, parse_stitch_selection
+from .progress import info, stage
+from .supernet.formats import LoadedSupernet
 
 
 @dataclass
@@ -67,6 +70,26 @@ class RunConfig:
         return asdict(self)
 
 
+def run_export(loaded: LoadedSupernet, out_dir: str | Path, *, stitches: str | None = "all",
+               settings: ExportSettings | None = None, fresh: bool = False, quiet: bool = False) -> ExportResult:
+    """The export stage with its progress display and one-paragraph summary."""
+
+    n = len(parse_stitch_selection(stitches, loaded.model.space.ids))
+    with stage("export + validate", n, quiet) as prog:
+        result = export_supernet(loaded, out_dir, stitches=stitches, settings=settings, fresh=fresh,
+                                 on_stitch=lambda sid, route, status: prog.advance(f"{sid} {route} {status}"))
+    s = result.summary
+    ok, failed = s["stitches"], s["failed"]
+    ratio = s["weights_bytes"] / max(1, s["unique_param_bytes"])
+    worst = max((r.get("max_abs_error", 0.0) for r in ok), default=0.0)
+    info(f"export: {len(ok)} stitches in {result.out_dir} ({result.exported} exported, {result.reused} reused, "
+         f"{len(failed)} failed) in {result.seconds:.1f} s; weights.bin {s['weights_bytes'] / 1e6:.2f} MB "
+         f"({ratio:.3f}x the unique tensors); worst ONNX Runtime vs slice error {worst:.2e}", quiet)
+    for f in failed:
+        info(f"  left out stitch {f['id']} ({f['route']}): {f['reason']}", False)
+    return result
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_args(args)
     if cfg.out is None:
@@ -80,9 +103,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 def execute(cfg: RunConfig, quiet: bool = False) -> int:
     from .compile import compile_export
     from .fsutil import atomic_write_json, prepare_out_dir
-    from .onnx_export import DEFAULT_OPSET, ExportSettings
-    from .pipeline import run_export
-    from .progress import info
+    from .onnx_export import DEFAULT_OPSET
     from .supernet.formats import load_supernet
     from .supernet.formats.checks import parse_num_heads
     from .targets import load_target
@@ -159,7 +180,6 @@ def execute(cfg: RunConfig, quiet: bool = False) -> int:
 
 def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool) -> Path:
     from .bundle.writer import write_bundle
-    from .progress import info
     path = write_bundle(out, target, out / "bundle" / target, archive=cfg.archive)
     info(f"bundle: {path}", quiet)
     return path

@@ -29,7 +29,7 @@ class Export:
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         from ..onnx_export import DEFAULT_OPSET, ExportSettings
-        from ..pipeline import run_export
+        from ..run import run_export
         from .common import load_from_args
 
         loaded = load_from_args(args)
