@@ -89,6 +89,10 @@ def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | 
         built_all &= rec["built"]
         artifacts.append({"id": sid, "route": route, "path": rec["path"],
                           "sha256": rec["files"].get(rec["path"]), "files": rec["files"],
+                          # The stable identity of an artifact built later on the device (a
+                          # TensorRT plan): the graph files it will be built from. Profile records
+                          # made on the device carry this key, so select can match them.
+                          "source_sha256": None if rec["built"] else _graph_key(rec["files"]),
                           "precision": precision, "built": rec["built"], "validation": v,
                           "flops": st.get("flops"), "params": st.get("params"),
                           "info": rec["info"], "reused": rec.get("reused", False)})
@@ -208,6 +212,13 @@ def load_artifact(compile_dir: str | Path, stitch_id: int, target: Target | str 
 
 
 # ---- internals ------------------------------------------------------------------------------
+def _graph_key(files: dict[str, str]) -> str:
+    """One hash over a stitch's ONNX graph and its external data (name and sha256 of each)."""
+    parts = sorted(f"{name.rsplit('/', 1)[-1]}:{h}" for name, h in files.items()
+                   if name.endswith((".onnx", ".onnx.data")))
+    return sha256_bytes("\n".join(parts).encode())
+
+
 def _stitch_dir(sid: int) -> str:
     return f"stitch_{sid:03d}"
 

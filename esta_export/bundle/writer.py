@@ -216,7 +216,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
             packer.add_model(sid, model)
             rel = f"models/stitch_{sid:03d}.onnx"
             onnx.save_model(model, str(root / rel))
-            entry["artifact"] = {"format": "onnx", "path": rel, "compiled_sha256": art.get("sha256"),
+            entry["artifact"] = {"format": "onnx", "path": rel, "compiled_sha256": art.get("sha256") or art.get("source_sha256"),
                                  "source": onnx_rel}
             if src.suffix == ".plan":
                 entry["engine"] = _copy_engine(root, compiled_dir, art, sid)
@@ -227,7 +227,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
                 shutil.copy2(compiled_dir / relf, root / rel_dir / relf)
             rel = f"{rel_dir}/{art['path']}"
             entry["artifact"] = {"format": "openvino-ir" if src.suffix == ".xml" else src.suffix.lstrip("."),
-                                 "path": rel, "compiled_sha256": art.get("sha256")}
+                                 "path": rel, "compiled_sha256": art.get("sha256") or art.get("source_sha256")}
         stitches.append(entry)
     index = packer.close()
     atomic_write_text(models / "weights.json", json.dumps(index, separators=(",", ":")))

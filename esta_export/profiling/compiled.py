@@ -87,7 +87,7 @@ def stitch_table(comp: dict[str, Any], export: dict[str, Any] | None) -> list[di
         ex = by_id.get(art.get("id"), {})
         rows.append({
             "id": art.get("id"), "route": art.get("route") or ex.get("route"),
-            "path": art.get("path"), "sha256": art.get("sha256"),
+            "path": art.get("path"), "sha256": art.get("sha256") or art.get("source_sha256"),
             "segments": ex.get("segments"), "flops": art.get("flops", ex.get("flops")),
             "params": art.get("params", ex.get("params")), "accuracy": ex.get("accuracy"),
             "accuracy_source": ex.get("accuracy_source"),
