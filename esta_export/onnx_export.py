@@ -35,6 +35,7 @@ from onnx import TensorProto
 from . import __version__
 from .errors import ExportError, InputError, StitchError, ValidationError
 from .flops import stitch_flops, stitch_params
+from .ids import parse_id_list
 from .fsutil import (atomic_path, atomic_write_bytes, atomic_write_json, check_free_space, prepare_out_dir,
                      read_json, sha256_file)
 from .onnx_graph import INPUT_NAME, LAYERNORM_MODES, MAX_OPSET, MIN_OPSET, OUTPUT_NAME, build_stitch_graph
@@ -56,32 +57,15 @@ ALIGN = 64            # bytes; keeps every tensor SIMD-aligned when memory-mappe
 def parse_stitch_selection(text: str | None, valid_ids: Sequence[int]) -> list[int]:
     """``all`` or ``0,3,10-20`` -> sorted ids; unknown ids are a StitchError naming them."""
     valid = list(valid_ids)
-    if text is None or text.strip().lower() == "all":
+    chosen = parse_id_list(text)
+    if chosen is None:
         return valid
-    chosen: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo_s, hi_s = part.split("-", 1) if not part.startswith("-") else (part, "")
-                lo, hi = int(lo_s), int(hi_s)
-                if hi < lo:
-                    raise ValueError
-                chosen.update(range(lo, hi + 1))
-            else:
-                chosen.add(int(part))
-        except ValueError:
-            raise StitchError(f"--stitches must look like 'all' or '0,3,10-20', got {text!r}") from None
-    if not chosen:
-        raise StitchError(f"--stitches {text!r} selects no stitch", hint="use 'all' or ids such as 0,3,10-20")
-    unknown = sorted(chosen - set(valid))
+    unknown = sorted(set(chosen) - set(valid))
     if unknown:
         shown = ",".join(map(str, unknown[:8])) + ("..." if len(unknown) > 8 else "")
         raise StitchError(f"unknown stitch id(s) {shown}: this supernet has {len(valid)} stitches with ids "
                           f"{valid[0]}..{valid[-1]}", hint="see 'esta-export inspect' for the ids")
-    return sorted(chosen)
+    return chosen
 
 
 # -- the shared weight store ----------------------------------------------------------------------

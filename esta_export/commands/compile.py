@@ -32,6 +32,7 @@ class CompileCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        from ..ids import parse_id_list
         from ..compile import compile_export
         from ..errors import InputError
         from ..targets import load_target
@@ -39,13 +40,7 @@ class CompileCommand:
         target = load_target(args.target)
         export_dir = Path(args.export_dir)
         out = Path(args.out) if args.out else export_dir.parent / "compiled" / target.name
-        ids = None
-        if args.stitches:
-            try:
-                ids = [int(s) for s in args.stitches.split(",") if s.strip()]
-            except ValueError:
-                raise InputError(f"--stitches {args.stitches!r} is not a list of integers",
-                                 hint="e.g. --stitches 0,3,7") from None
+        ids = parse_id_list(args.stitches)
         if args.samples < 1:
             raise InputError("--samples must be >= 1", hint="e.g. --samples 32")
         s = compile_export(export_dir, target, out, precision=args.precision,

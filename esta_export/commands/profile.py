@@ -37,18 +37,13 @@ class ProfileCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        from ..ids import parse_id_list
         from ..errors import InputError
         from ..profiling.compiled import default_store_path, profile_compiled
         from ..targets import load_target
 
         target = load_target(args.target)
-        ids = None
-        if args.stitches:
-            try:
-                ids = [int(s) for s in args.stitches.split(",") if s.strip()]
-            except ValueError:
-                raise InputError(f"--stitches {args.stitches!r} is not a list of integers",
-                                 hint="e.g. --stitches 0,3,7") from None
+        ids = parse_id_list(args.stitches)
         for name in ("runs", "seconds"):
             v = getattr(args, name)
             if v is not None and v <= 0:
