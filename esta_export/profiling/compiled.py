@@ -185,7 +185,8 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
         shape = input_shape_for(export, comp, batch)
         settings = proto.settings_hash(batch=batch, shape=shape, precision=precision,
                                        threads=threads, backend=backend_name, transfers=transfers,
-                                       share_weights=bool(getattr(target.execution, "share_weights", False)))
+                                       share_weights=bool(getattr(target.execution, "share_weights", False)),
+                                       intra_op_spinning=False)
         known: dict[Hashable, dict[str, Any]] = {}
         if not fresh:
             for r in rows:
@@ -313,7 +314,8 @@ def _record(row: dict[str, Any], stats: LatencyStats, target: Any, backend: str,
         "memory_error": mem.get("error"),
         "env": env, "env_hash": ehash, "protocol": proto.to_dict(), "settings_hash": settings,
         "transfers": transfers, "measured": True, "time": now_iso(),
-        "session": {"share_weights": bool(getattr(target.execution, "share_weights", False))},
+        "session": {"share_weights": bool(getattr(target.execution, "share_weights", False)),
+                    "intra_op_spinning": False},
         "verified_on_hardware": bool(getattr(target, "verified_on_hardware", False)),
     }
     if energy is not None:

@@ -235,6 +235,9 @@ class Bundle:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        # No spinning worker threads: with several stitches loaded they would steal the CPU from
+        # the running one. esta-export's profiler times sessions configured the same way.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.enable_cpu_mem_arena = self.memory_arena
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
