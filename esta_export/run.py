@@ -128,7 +128,8 @@ def execute(cfg: RunConfig, quiet: bool = False) -> int:
 
     # 2. compile for the target
     compiled_dir = out / "compiled" / target.name
-    calibration = cfg.calibration or _default_calibration(cfg)
+    # Validation data doubles as calibration/reference data when only that was given.
+    calibration = cfg.calibration or cfg.val_data
     comp = compile_export(out / "export", target, compiled_dir, precision=cfg.precision, calibration=calibration,
                           progress=None if quiet else (lambda m: info(f"  {m}")), fresh=cfg.fresh)
     info(f"compile: {len(comp['artifacts'])} artifacts for {target.name} ({comp['backend']}, {comp['precision']}), "
@@ -183,11 +184,6 @@ def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool) -> Path:
     path = write_bundle(out, target, out / "bundle" / target, archive=cfg.archive)
     info(f"bundle: {path}", quiet)
     return path
-
-
-def _default_calibration(cfg: RunConfig) -> str | None:
-    """Validation data doubles as calibration/reference data when only that was given."""
-    return cfg.val_data
 
 
 def _profile_note(info):

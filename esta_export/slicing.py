@@ -37,7 +37,7 @@ class StitchModel(nn.Module):
         n_pos = first.num_patches if first.style == "deit3" else first.num_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, first.embed_dim))
         self.segments = nn.ModuleList(
-            nn.ModuleList(_plain_block(a) for _ in range(seg.num_blocks))
+            nn.ModuleList(Block(a) for _ in range(seg.num_blocks))
             for a, seg in zip(info.anchors, info.stitch.segments))
         self.stitches = nn.ModuleList(
             nn.Linear(a.embed_dim, b.embed_dim) for a, b in zip(info.anchors[:-1], info.anchors[1:]))
@@ -55,10 +55,6 @@ class StitchModel(nn.Module):
         if self.norm is not None:
             h = self.norm(h)
         return self.head(h)
-
-
-def _plain_block(cfg: AnchorConfig) -> Block:
-    return Block(cfg)
 
 
 def _share(dst: nn.Module, name: str, value: torch.Tensor) -> None:
