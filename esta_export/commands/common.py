@@ -29,3 +29,10 @@ def load_from_args(args: argparse.Namespace):
         info(f"supernet {loaded.path.name}: {loaded.source_format}, {len(loaded.model.space)} stitches, "
              f"heads {heads} ({loaded.spec.num_heads_source})")
     return loaded
+
+
+def add_compiled_args(p: argparse.ArgumentParser) -> None:
+    """COMPILED_DIR, --target and --store: what profile and select both read."""
+    p.add_argument("compiled_dir", metavar="COMPILED_DIR", help="folder holding compile.json")
+    p.add_argument("--target", required=True, help="target name or path to a .toml")
+    p.add_argument("--store", metavar="PATH", help="profile store (default: OUT/profiles/TARGET.jsonl)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import command
+from .common import add_compiled_args
 
 
 @command("profile", help="measure the latency and peak memory of every compiled stitch on this "
@@ -14,10 +15,7 @@ from . import command
 class ProfileCommand:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("compiled_dir", metavar="COMPILED_DIR", help="folder holding compile.json")
-        p.add_argument("--target", required=True, help="target name or path to a .toml")
-        p.add_argument("--store", metavar="PATH",
-                       help="profile store (default: OUT/profiles/TARGET.jsonl)")
+        add_compiled_args(p)
         p.add_argument("--budget", "--profile-budget", dest="budget", type=int, metavar="N",
                        help="time at most N stitches, predict the rest, then time every stitch "
                             "on the predicted Pareto front")

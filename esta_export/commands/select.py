@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import command
+from .common import add_compiled_args
 
 
 @command("select", help="choose stitches on the Pareto front of accuracy vs MEASURED latency "
@@ -13,10 +14,7 @@ from . import command
 class SelectCommand:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("compiled_dir", metavar="COMPILED_DIR", help="folder holding compile.json")
-        p.add_argument("--target", required=True, help="target name or path to a .toml")
-        p.add_argument("--store", metavar="PATH",
-                       help="profile store (default: OUT/profiles/TARGET.jsonl)")
+        add_compiled_args(p)
         p.add_argument("--latency-budget-ms", type=float, metavar="X",
                        help="only stitches at most this slow (median latency)")
         p.add_argument("--max-stitches", type=int, metavar="K",
