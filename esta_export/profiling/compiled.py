@@ -112,7 +112,7 @@ def _load_runner(backend: str, path: str, target_ref: str):
 
 def _pareto_ids(rows: list[dict[str, Any]], lat: dict[Hashable, float]) -> set[Hashable]:
     """Front over (quality max, latency min); quality = accuracy, else FLOPs as a proxy."""
-    from ..select import pareto_front
+    from ..pareto import pareto_front
     use_acc = all(r.get("accuracy") is not None for r in rows)
     pts = [{"id": r["id"], "q": r["accuracy"] if use_acc else float(r.get("flops") or 0),
             "lat": lat[r["id"]]} for r in rows if r["id"] in lat]
