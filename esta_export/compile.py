@@ -96,6 +96,10 @@ def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | 
                           "precision": precision, "built": rec["built"], "validation": v,
                           "flops": st.get("flops"), "params": st.get("params"),
                           "info": rec["info"], "reused": rec.get("reused", False)})
+        if (rec["info"] or {}).get("int8_isa") is not None:
+            # Which instruction sets the int8 artifact was calibrated and validated on, the
+            # quantizer setting used, and what a device CPU needs for the validation to hold.
+            artifacts[-1]["int8_isa"] = rec["info"]["int8_isa"]
 
     kit_files: list[str] = []
     if hasattr(backend, "finalize") and artifacts:
@@ -242,6 +246,9 @@ def _compile_one(backend, target: Target, precision: str, onnx_path: Path, out_d
     d = out_dir / _stitch_dir(sid)
     key = {"onnx_sha256": sha256_file(onnx_path), "target_file_sha256": target.file_sha256,
            "precision": precision, "calibration_sha256": calib_sha, "tool_version": __version__}
+    isa = _int8_isa(backend, target, precision)
+    if isa is not None:  # an int8 artifact validated on another CPU is not reused here
+        key["int8_isa"] = {"setting": isa["setting"], "cpu_flags": isa["validated_on"]["flags"]}
     if not fresh:
         rec = _reusable(d, key)
         if rec is not None:
@@ -262,6 +269,13 @@ def _compile_one(backend, target: Target, precision: str, onnx_path: Path, out_d
         say(f"stitch {sid}: {validation['metric']} = {validation['value']:.4g} "
             f"({'ok' if validation['passed'] else 'FAILED'})")
     return rec
+
+
+def _int8_isa(backend, target: Target, precision: str) -> dict | None:
+    """The int8 plan (weight range, quantizer setting, this CPU's flags) of backends whose int8
+    exactness depends on the CPU; None otherwise."""
+    plan = getattr(backend, "int8_isa", None)
+    return plan(target) if precision == "int8" and plan is not None else None
 
 
 def _validate(backend, target: Target, precision: str, path: Path, built: bool, x: np.ndarray,

@@ -61,6 +61,9 @@ class Device:
     memory_gb: float | None = None
     memory_bandwidth_gbs: float | None = None
     openvino_device: str | None = None  # "CPU" | "GPU" | "NPU" for the OpenVINO plugin
+    # The deployment CPU's instruction sets that int8 exactness depends on (runtime/cpu.py names,
+    # e.g. ["avx2", "avx512_vnni"]); absent = unknown, so int8 uses settings exact on any CPU.
+    cpu_flags: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,18 @@ def _check(t: Target, path: Path) -> None:
                               hint="use a core the device has, or a target without DLA")
     if t.execution.threads < 0:
         raise TargetError(f"{path}: execution.threads must be >= 0", hint="0 = runtime default")
+    if t.device.cpu_flags is not None:
+        _check_cpu_flags(t, path)
+
+
+def _check_cpu_flags(t: Target, path: Path) -> None:
+    from .runtime.cpu import ARM_FLAGS, X86_FLAGS  # stdlib only; loaded when a target declares flags
+
+    allowed = {"x86_64": X86_FLAGS, "aarch64": ARM_FLAGS}.get(t.device.arch, X86_FLAGS + ARM_FLAGS)
+    bad = sorted(set(t.device.cpu_flags or ()) - set(allowed))
+    if bad:
+        raise TargetError(f"{path}: device.cpu_flags has {bad[0]!r}, not a {t.device.arch} flag esta-export "
+                          f"knows", hint=f"allowed: {', '.join(allowed)}")
 
 
 def check_graph(target: Target, opset: int | None, layernorm: str | None) -> None:

@@ -6,7 +6,11 @@
   would add layout changes tied to the CPU that made them, so targets do not use it offline.
 - int8: ``quant_pre_process`` (shape inference + basic optimization), then ``quantize_static``
   in QDQ format, uint8 asymmetric activations and int8 symmetric per-channel weights (the U8S8
-  form that x86 and ARM MLAS kernels prefer), calibrated on the given inputs.
+  form that x86 and ARM MLAS kernels prefer), calibrated on the given inputs. On x86 without
+  VNNI/AMX the U8S8 kernels saturate (vpmaddubsw adds product pairs into int16), so weights are
+  7-bit (``reduce_range=True``) unless both this CPU and the target's declared ``cpu_flags`` have
+  int8 dot products (``esta_export.runtime.cpu.int8_plan``); the artifact records which
+  (``info["int8_isa"]``) and the bundle runtime checks it against the device's CPU.
 - Loading checks ``session.get_providers()``: a silent fall back to the CPU provider is an error.
 """
 
@@ -49,6 +53,15 @@ def capabilities(version: str) -> dict[str, Any]:
     return dict(CAPABILITIES[keys[-1]])
 
 
+def int8_isa(target: Target) -> dict[str, Any]:
+    """The int8 plan for ``target`` on this CPU, with the quantizer setting it implies."""
+    from ..runtime.cpu import int8_plan
+
+    plan = int8_plan(target.device.cpu_flags)
+    plan["setting"] = {"reduce_range": not plan["full_range"]}
+    return plan
+
+
 def _ort():
     import onnxruntime as ort
     return ort
@@ -79,11 +92,12 @@ class _Reader:
 
 
 def quantize_qdq(src: Path, dst: Path, x: np.ndarray, *,
-                 symmetric_activations: bool) -> dict[str, Any]:
+                 symmetric_activations: bool, reduce_range: bool = False) -> dict[str, Any]:
     """Static QDQ INT8 of ``src`` into ``dst``, calibrated (MinMax) on the samples ``x``.
 
     CPU (MLAS) prefers uint8 asymmetric activations; TensorRT needs int8 symmetric Q/DQ
-    (zero point 0), hence the switch. Weights are int8 symmetric per output channel.
+    (zero point 0), hence the switch. Weights are int8 symmetric per output channel, in 7 bits
+    with ``reduce_range`` (exact on x86 CPUs without VNNI).
     """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
@@ -100,7 +114,7 @@ def quantize_qdq(src: Path, dst: Path, x: np.ndarray, *,
             quantize_static(
                 str(pre), str(dst), _Reader(name, x.astype(np.float32)),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS),
-                per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                per_channel=True, reduce_range=reduce_range, activation_type=act, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": symmetric_activations,
                                "WeightSymmetric": True})
@@ -109,7 +123,8 @@ def quantize_qdq(src: Path, dst: Path, x: np.ndarray, *,
                                hint="try --precision fp32 or other calibration data") from None
     return {"quant_format": "QDQ",
             "activations": "int8 symmetric" if symmetric_activations else "uint8 asymmetric",
-            "weights": "int8 symmetric per-channel", "ops": list(INT8_OPS),
+            "weights": "int8 symmetric per-channel" + (", 7-bit (reduce_range)" if reduce_range else ""),
+            "reduce_range": bool(reduce_range), "ops": list(INT8_OPS),
             "calibration_samples": int(len(x)), "calibrate_method": "MinMax"}
 
 
@@ -138,7 +153,7 @@ class OnnxRuntimeBackend(Backend):
             if calibration is None or len(calibration) == 0:
                 raise CompileError("int8 needs calibration inputs",
                                    hint="pass --calibration DATA.npz with an 'x' array")
-            files, info = self._quantize(Path(onnx_path), out_dir, calibration)
+            files, info = self._quantize(Path(onnx_path), target, out_dir, calibration)
         else:
             raise CompileError(f"the onnxruntime backend builds fp32 and int8, not {precision}",
                                hint="use --precision fp32 or int8")
@@ -164,9 +179,16 @@ class OnnxRuntimeBackend(Backend):
                                   else [])
         return files, {"optimization_level": level, "offline": True}
 
-    def _quantize(self, src: Path, out_dir: Path, x: np.ndarray) -> tuple[list[str], dict]:
-        info = quantize_qdq(src, out_dir / "model.onnx", x, symmetric_activations=False)
+    def _quantize(self, src: Path, target: Target, out_dir: Path,
+                  x: np.ndarray) -> tuple[list[str], dict]:
+        plan = int8_isa(target)
+        info = quantize_qdq(src, out_dir / "model.onnx", x, symmetric_activations=False,
+                            reduce_range=plan["setting"]["reduce_range"])
+        info["int8_isa"] = plan
         return ["model.onnx"], info
+
+    def int8_isa(self, target: Target) -> dict[str, Any]:
+        return int8_isa(target)
 
     def load(self, artifact_path: Path, target: Target) -> Runner:
         self.require()

@@ -7,7 +7,11 @@
   with bf16 units OpenVINO otherwise computes in bf16 without saying so. The value the compiled
   model reports back is recorded in the runner's info.
 - INT8: ``nncf.quantize(model_type=TRANSFORMER)`` post-training quantization on the calibration
-  inputs (NNCF's default subset is 300 samples; fewer are used if fewer are given).
+  inputs (NNCF's default subset is 300 samples; fewer are used if fewer are given). oneDNN's
+  u8 x s8 kernels saturate on x86 without VNNI/AMX like ONNX Runtime's, and NNCF's default
+  overflow fix covers only the first layer: ``OverflowFix.ENABLE`` (7-bit weights everywhere)
+  unless both this CPU and the target's declared ``cpu_flags`` have int8 dot products
+  (``esta_export.runtime.cpu.int8_plan``), then ``DISABLE``; recorded in ``info["int8_isa"]``.
 - NPU needs static shapes: the IR is reshaped to the target's single batch size.
 - Weight sharing between stitches: each IR keeps its own ``.bin``. OpenVINO IR can share one
   ``.bin`` by rewriting the Const offsets in every ``.xml``, but NNCF/fp16 rewrites make the bytes
@@ -67,6 +71,23 @@ def inference_precision(target: Target, precision: str) -> str:
     return PRECISION_HINTS[precision][0]
 
 
+def int8_isa(target: Target) -> dict[str, Any]:
+    """The int8 plan for ``target`` on this CPU, with the NNCF overflow fix it implies (and the
+    inference precision pinned for the float parts: bf16 on AMX CPUs otherwise)."""
+    from ..runtime.cpu import int8_plan
+
+    plan = int8_plan(target.device.cpu_flags)
+    if device_name(target) != "CPU":  # GPU/NPU kernels: no CPU instruction set involved
+        plan.update(full_range=True, requires_any=[], reason=f"runs on the {device_name(target)} plugin",
+                    exactness=f"{device_name(target)} kernels, not the CPU's")
+        fix = "FIRST_LAYER"  # NNCF's default
+    else:
+        fix = "DISABLE" if plan["full_range"] else "ENABLE"
+    plan["setting"] = {"overflow_fix": fix,
+                       "inference_precision_hint": inference_precision(target, "int8")}
+    return plan
+
+
 def _ov():
     import openvino as ov
     return ov
@@ -115,8 +136,9 @@ class OpenVinoBackend(Backend):
             model.reshape({model.inputs[0].get_any_name(): dims})
             info["static_shape"] = dims
         if precision == "int8":
-            model = self._quantize(model, calibration)
-            info.update(quantizer="nncf", model_type="TRANSFORMER",
+            plan = int8_isa(target)
+            model = self._quantize(model, calibration, plan["setting"]["overflow_fix"])
+            info.update(quantizer="nncf", model_type="TRANSFORMER", int8_isa=plan,
                         smooth_quant_matmul_alpha=SMOOTH_QUANT_MATMUL_ALPHA,
                         calibration_samples=int(min(len(calibration), NNCF_SUBSET)))
             compress = False
@@ -132,7 +154,7 @@ class OpenVinoBackend(Backend):
         return CompiledArtifact(path="model.xml", files=("model.xml", "model.bin"),
                                 precision=precision, info=info)
 
-    def _quantize(self, model, calibration: np.ndarray | None):
+    def _quantize(self, model, calibration: np.ndarray | None, overflow_fix: str):
         if calibration is None or len(calibration) == 0:
             raise CompileError("int8 needs calibration inputs",
                                hint="pass --calibration DATA.npz with an 'x' array")
@@ -145,6 +167,7 @@ class OpenVinoBackend(Backend):
         data = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
         try:
             advanced = nncf.AdvancedQuantizationParameters(
+                overflow_fix=getattr(nncf.OverflowFix, overflow_fix),
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(
                     matmul=SMOOTH_QUANT_MATMUL_ALPHA))
             return nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER,
@@ -153,6 +176,9 @@ class OpenVinoBackend(Backend):
         except Exception as err:
             raise CompileError(f"nncf quantization failed: {err}",
                                hint="try --precision fp32 or other calibration data") from None
+
+    def int8_isa(self, target: Target) -> dict[str, Any]:
+        return int8_isa(target)
 
     def load(self, artifact_path: Path, target: Target) -> Runner:
         self.require()

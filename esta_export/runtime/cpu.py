@@ -80,3 +80,64 @@ def missing_flags(needed, features: dict | None = None) -> list[str]:
     """The flags of ``needed`` that this CPU (or ``features``) lacks, sorted."""
     have = set((features or cpu_features())["flags"])
     return sorted(set(needed) - have)
+
+
+# ---- int8 and the instruction sets it depends on ------------------------------------------------
+# u8 activations x s8 weights: without an int8 dot-product instruction, x86 kernels (ONNX Runtime's
+# MLAS, oneDNN in OpenVINO) multiply with AVX2/AVX-512 vpmaddubsw, which adds each pair of products
+# into int16 and saturates (2 x 255 x 127 = 64770 > 32767). Weights quantized to 7 bits (ORT
+# reduce_range, NNCF's overflow fix on every layer) keep each pair sum within int16 (2 x 255 x 64 =
+# 32640), so the result is exact on every CPU; full-range weights are exact only where dot products
+# accumulate in int32 (VNNI, AVX-VNNI, AMX, the ARM dot-product extension).
+EXACT_EVERYWHERE = "7-bit weights: exact on any CPU (u8 x s7 pair sums fit int16)"
+NEEDS_INT8_DOT = "full-range weights: exact only on a CPU with int8 dot products"
+
+
+def isa_summary(features: dict) -> dict:
+    """The part of :func:`cpu_features` an artifact records about the machine it was made on."""
+    return {k: features.get(k) for k in ("arch", "vendor", "model", "flags", "int8_dot", "source")}
+
+
+def int8_plan(target_flags, features: dict | None = None) -> dict:
+    """Which int8 weight range is exact both here (where it is calibrated and validated) and on
+    the target: full range only when this CPU has int8 dot products AND the target file declares
+    them (``[device] cpu_flags``); otherwise 7-bit weights, exact on any CPU.
+
+    Returns the record every int8 artifact carries (``int8_isa``); the backend adds its own
+    ``setting`` (what it passed to its quantizer).
+    """
+    host = features or cpu_features()
+    declared = None if target_flags is None else sorted(set(target_flags))
+    target_dot = declared is not None and bool(INT8_DOT_FLAGS & set(declared))
+    full = bool(host["int8_dot"]) and target_dot
+    if full:
+        why = "this CPU and the target's declared cpu_flags both have int8 dot products"
+    elif declared is None:
+        why = "the target file does not declare its CPU's flags ([device] cpu_flags)"
+    elif not target_dot:
+        why = "the target's declared cpu_flags have no int8 dot product"
+    else:
+        why = "this CPU has no int8 dot product: full-range weights would saturate in validation"
+    return {"full_range": full, "exactness": NEEDS_INT8_DOT if full else EXACT_EVERYWHERE,
+            "reason": why, "requires_any": sorted(INT8_DOT_FLAGS) if full else [],
+            "target_cpu_flags": declared, "calibrated_on": isa_summary(host),
+            "validated_on": isa_summary(host)}
+
+
+def int8_problem(record: dict | None, features: dict | None = None) -> str | None:
+    """Why an int8 artifact's validation does not carry over to this CPU, or None when it does.
+
+    ``record`` is the artifact's ``int8_isa`` (None: made before it was recorded, so assumed to
+    need int8 dot products, as every full-range artifact does).
+    """
+    needs = INT8_DOT_FLAGS if record is None else set(record.get("requires_any") or ())
+    if not needs:
+        return None
+    here = features or cpu_features()
+    if needs & set(here["flags"]):
+        return None
+    where = ("an unrecorded CPU" if record is None else
+             "a CPU with " + (", ".join((record.get("validated_on") or {}).get("flags") or []) or "no listed flags"))
+    return (f"int8 weights validated on {where} need one of {', '.join(sorted(needs))}, which this CPU "
+            f"({here.get('model') or here.get('arch')}, flags: {', '.join(here['flags']) or 'none'}) lacks: "
+            "its int8 kernels may saturate")
