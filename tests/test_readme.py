@@ -21,30 +21,35 @@ def _first_block_commands() -> list[str]:
 
 def test_readme_first_screen_has_the_two_commands():
     cmds = _first_block_commands()
-    main = [c for c in cmds if c.startswith("esta-export ")]
-    tests = [c for c in cmds if "pytest" in c]
-    assert len(main) == 1 and len(tests) == 1
-    assert "examples/demo/" in main[0] and "--target cpu" in main[0]
+    assert cmds == ["./scripts/demo.sh", "./scripts/test.sh"]
     ci = (ROOT / ".ci" / "run").read_text()
-    assert tests[0] in ci, "the CI must run the README's test command"
+    assert "./scripts/test.sh" in ci, "the CI must run the README's test command"
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert "python -m pytest" in test_sh and ". scripts/setup.sh" in test_sh
+    # The setup pins what CI tested and never pulls the CUDA build of torch from the public index.
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "constraints.txt" in setup and "download.pytorch.org/whl/cpu" in setup
 
 
-def _env():
+def _env(out: Path | None = None):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["ESTA_NO_SETUP"] = "1"  # the suite already runs inside the environment setup.sh made
+    if out is not None:
+        env["ESTA_DEMO_OUT"] = str(out)
     return env
 
 
+def _demo(out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), *extra], cwd=ROOT, env=_env(out),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_readme_main_job_runs_on_the_demo(tmp_path):
-    main = next(c for c in _first_block_commands() if c.startswith("esta-export "))
-    argv = shlex.split(main)[1:]
-    out_i = argv.index("--out")
-    argv[out_i + 1] = str(tmp_path / "demo")
-    argv += ["--stitches", "0,1,2,32,34", "--runs", "5", "--seconds", "0.05", "-q"]
-    proc = subprocess.run([sys.executable, "-m", "esta_export", *argv], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "demo"
+    proc = _demo(out, "--stitches", "0,1,2,32,34", "--runs", "5", "--seconds", "0.05", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     for path in ("export/export.json", "compiled/cpu/compile.json", "profiles/cpu.jsonl", "select/cpu.json",
                  "report/report.html", "report/pareto.png", "bundle/cpu/manifest.json", "run.json"):
         assert (out / path).is_file(), path
@@ -60,11 +65,7 @@ def test_readme_main_job_runs_on_the_demo(tmp_path):
 
 
 def test_replay_saved_run_config(tmp_path):
-    main = next(c for c in _first_block_commands() if c.startswith("esta-export "))
-    argv = shlex.split(main)[1:] + ["--dry-run"]
-    argv[argv.index("--out") + 1] = str(tmp_path / "o")
-    proc = subprocess.run([sys.executable, "-m", "esta_export", *argv], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = _demo(tmp_path / "o", "--dry-run", timeout=120)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     assert cfg["target"] == "cpu" and cfg["out"] == str(tmp_path / "o")
