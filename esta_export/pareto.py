@@ -63,27 +63,10 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Kendall's tau-b between two sequences (None with fewer than 2 points)."""
     if len(x) < 2:
         return None
-    try:
-        from scipy.stats import kendalltau
-        tau = kendalltau(x, y).statistic
-        return None if tau is None or np.isnan(tau) else float(tau)
-    except ImportError:  # pragma: no cover - own tau-b when scipy is missing
-        n, conc, disc, tx, ty = len(x), 0, 0, 0, 0
-        for i in range(n):
-            for j in range(i + 1, n):
-                a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-                if a == 0 and b == 0:
-                    continue
-                if a == 0:
-                    tx += 1
-                elif b == 0:
-                    ty += 1
-                elif a == b:
-                    conc += 1
-                else:
-                    disc += 1
-        den = np.sqrt((conc + disc + tx) * (conc + disc + ty))
-        return float((conc - disc) / den) if den else None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y).statistic
+    return None if tau is None or np.isnan(tau) else float(tau)
 
 
 def selection_value(rows: Sequence[dict[str, Any]], budgets: Sequence[float] | None = None

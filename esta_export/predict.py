@@ -21,10 +21,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-try:  # scipy is a scikit-learn dependency, but keep a pure-numpy path
-    from scipy.optimize import nnls as _scipy_nnls
-except ImportError:  # pragma: no cover - exercised only without scipy
-    _scipy_nnls = None
+from scipy.optimize import nnls as _scipy_nnls
 
 Stitch = Mapping[str, Any]  # {"id", "segments": [[anchor, first, last], ...], "flops", ...}
 
@@ -51,16 +48,9 @@ def _flops_features(stitch: Stitch) -> dict[str, float]:
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if _scipy_nnls is not None:
-        return _scipy_nnls(a, b, maxiter=50 * a.shape[1] + 100)[0]
-    # Projected least squares: drop the most negative column until all are >= 0.
-    keep = np.ones(a.shape[1], bool)
-    while True:
-        x = np.zeros(a.shape[1])
-        x[keep] = np.linalg.lstsq(a[:, keep], b, rcond=None)[0]
-        if (x >= 0).all() or not keep.any():
-            return np.clip(x, 0, None)
-        keep[int(np.argmin(x))] = False
+    # Lawson-Hanson NNLS (scipy, a declared dependency): one predictor everywhere, the one the
+    # benchmarks measured.
+    return _scipy_nnls(a, b, maxiter=50 * a.shape[1] + 100)[0]
 
 
 @dataclass
