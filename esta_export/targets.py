@@ -64,6 +64,9 @@ class Device:
     # The deployment CPU's instruction sets that int8 exactness depends on (runtime/cpu.py names,
     # e.g. ["avx2", "avx512_vnni"]); absent = unknown, so int8 uses settings exact on any CPU.
     cpu_flags: tuple[str, ...] | None = None
+    # The processor vendor the device class means (/proc/cpuinfo vendor_id on x86, the CPU
+    # implementer on ARM); records made on another vendor's CPU say they ran on a stand-in.
+    cpu_vendor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Execution:
     # which needs weight prepacking off. The profiler times sessions configured the same way, so
     # published latencies are what the app sees.
     share_weights: bool = True
+    # ONNX Runtime worker threads spinning after each run (off: with several stitches loaded,
+    # idle spinning pools steal the CPU from the running one). 'profile --tune' measures both.
+    intra_op_spinning: bool = False
 
 
 @dataclass(frozen=True)

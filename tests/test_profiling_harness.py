@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from esta_export.errors import ProfileError
-from esta_export.profiling.harness import LatencyStats, TimingProtocol, profile_runners, warm_up
+from esta_export.profiling.harness import (LatencyStats, TimingProtocol, median_ci, profile_runners,
+                                           visit_order, warm_up)
 
 
 def mlp_graph(width: int, depth: int, seed: int = 0) -> bytes:
@@ -54,8 +55,8 @@ def test_stats_from_samples_match_numpy() -> None:
     assert s.p99 == pytest.approx(np.percentile(ms, 99))
     assert s.cv == pytest.approx(ms.std(ddof=1) / ms.mean())
     assert s.seconds == pytest.approx(ns.sum() / 1e9)
-    assert set(s.to_dict()) == {"min", "mean", "median", "p90", "p95", "p99", "std", "cv",
-                                "trimmed_cv", "robust_cv", "n", "seconds"}
+    assert set(s.to_dict()) == {"min", "mean", "median", "p90", "p95", "p99", "max", "std", "cv",
+                                "trimmed_cv", "robust_cv", "n", "seconds", "blocks"}
     mad = np.median(np.abs(ms - np.median(ms)))
     assert s.robust_cv == pytest.approx(1.4826 * mad / np.median(ms))
     # one huge preemption blows up cv but not the robust metrics
@@ -77,7 +78,7 @@ def test_protocol_reaches_count_and_time_for_every_stitch() -> None:
         assert runners[i].calls >= s.n + 3
 
 
-def test_rounds_interleave_stitches() -> None:
+def test_visits_are_blocks_rotated_and_switch_in_kept_apart() -> None:
     order: list[str] = []
 
     class Tracing(OrtRunner):
@@ -90,16 +91,62 @@ def test_rounds_interleave_stitches() -> None:
             return super().infer(x)
 
     runners = {n: Tracing(n, mlp_graph(8, 1)) for n in "ABC"}
-    profile_runners(runners, (1, 3, 8, 8), warmup_s=0, warmup_min=0, min_runs=4, min_seconds=0,
-                    cv_threshold=10.0)
-    # Every round (3 consecutive calls) holds each stitch once: nothing runs twice in a row
-    # within a round, so drift spreads over all of them.
-    assert len(order) == 12
-    for k in range(0, 12, 3):
-        assert sorted(order[k:k + 3]) == ["A", "B", "C"]
+    stats = profile_runners(runners, (1, 3, 8, 8), warmup_s=0, warmup_min=0, min_runs=12,
+                            min_seconds=0, block_calls=4, block_ms=0, switch_calls=1,
+                            cv_threshold=10.0, max_remeasure=0)
+    # Runs of one stitch: a switch-in call plus a block of 4 (the first visit follows the last
+    # stitch's warm-up: a switch too).
+    runs = []
+    for name in order:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    assert all(n == 5 for _, n in runs) and runs[0][0] != "C"
+    # 3 visits each (12 calls in blocks of 4); each round visits every stitch once.
+    rounds = [sorted(r[0] for r in runs[k:k + 3]) for k in range(0, len(runs), 3)]
+    assert rounds == [["A", "B", "C"]] * 3
+    # The order changes across rounds (a fixed order would favour whoever follows the slowest).
+    assert len({tuple(r[0] for r in runs[k:k + 3]) for k in range(0, 9, 3)}) > 1
+    for name, s in stats.items():
+        assert s.n == 12 and s.blocks == 3
+        assert s.switch_in == {"median": pytest.approx(s.switch_in["median"]),
+                               "max": pytest.approx(s.switch_in["max"]), "n": 3, "calls": 1}
+        assert s.switch_in["median"] <= s.switch_in["max"]
+        lo, hi = s.median_ci
+        assert lo <= s.median <= hi and s.ci_level == 0.95
+    # switch-in calls are not in the steady state: 3 x 12 timed + 9 switch-ins, nothing else
+    assert len(order) == 36 + 9
 
 
-def test_unstable_stitch_is_remeasured_then_flagged() -> None:
+def test_visit_order_never_repeats_the_last_stitch() -> None:
+    last = None
+    orders = []
+    for rnd in range(20):
+        o = visit_order(["a", "b", "c", "d"], rnd, last)
+        assert sorted(o) == ["a", "b", "c", "d"] and o[0] != last
+        last = o[-1]
+        orders.append(tuple(o))
+    assert len(set(orders)) > 5
+    assert visit_order(["a"], 3, "a") == ["a"]
+
+
+def test_median_interval_covers_and_narrows_with_data() -> None:
+    rng = np.random.default_rng(0)
+    small = [rng.normal(1.0, 0.1, 10) for _ in range(5)]
+    big = [rng.normal(1.0, 0.1, 10) for _ in range(80)]
+    lo_s, hi_s = median_ci(small, 0.95, 500)
+    lo_b, hi_b = median_ci(big, 0.95, 500)
+    assert lo_s < 1.0 < hi_s and lo_b < 1.0 < hi_b
+    assert hi_b - lo_b < hi_s - lo_s
+    # Blocks that disagree (drift between visits) widen the interval beyond an iid bootstrap's.
+    drift = [np.full(10, 1.0 + 0.05 * (k % 4)) + rng.normal(0, 0.001, 10) for k in range(8)]
+    iid = median_ci([np.concatenate(drift)], 0.95, 500)
+    blk = median_ci(drift, 0.95, 500)
+    assert blk[1] - blk[0] > iid[1] - iid[0]
+
+
+def test_remeasure_stops_when_it_does_not_lower_dispersion() -> None:
     class Jittery(OrtRunner):
         """A real session plus a sleep every few calls: a disturbed machine, reproducibly."""
 
@@ -111,9 +158,15 @@ def test_unstable_stitch_is_remeasured_then_flagged() -> None:
 
     runners = {"steady": OrtRunner(mlp_graph(8, 1)), "jittery": Jittery(mlp_graph(8, 1))}
     stats = profile_runners(runners, (1, 3, 8, 8), warmup_s=0, warmup_min=2, min_runs=12,
-                            min_seconds=0, cv_threshold=0.5, max_remeasure=2)
-    assert stats["jittery"].unstable and stats["jittery"].attempts == 3
-    assert stats["jittery"].cv > 0.5
+                            min_seconds=0, block_ms=0, cv_threshold=0.5, max_remeasure=5,
+                            cv_metric="cv")
+    j = stats["jittery"]
+    assert j.unstable and j.cv > 0.5
+    # Re-measured at least once, then only while an attempt lowered the dispersion.
+    assert 2 <= j.attempts <= 6 and len(j.dispersion_history) == j.attempts
+    h = j.dispersion_history
+    assert all(h[k] < h[k - 1] for k in range(1, len(h) - 1))
+    assert j.attempts == 6 or h[-1] >= h[-2]
 
 
 def test_warm_up_honours_time_and_count() -> None:
@@ -136,3 +189,5 @@ def test_protocol_from_target_and_overrides() -> None:
         TimingProtocol.from_target(None, cv_metric="nope")
     with pytest.raises(ProfileError):
         profile_runners({"a": OrtRunner(mlp_graph(8, 1))})
+    with pytest.raises(ProfileError, match="confidence"):
+        TimingProtocol.from_target(None, ci_level=1.5)

@@ -101,7 +101,7 @@ def test_remote_profile_over_loopback_ssh(sshd, bundle, tmp_path):
     for r in recs:
         assert r["artifact_sha256"] == by_id[r["stitch_id"]]["artifact"]["compiled_sha256"]
         lat = r["latency_ms"]
-        assert lat["runs"] >= 5 and 0 < lat["min"] <= lat["median"] <= lat["p99"]
+        assert lat["n"] >= 5 and 0 < lat["min"] <= lat["median"] <= lat["p99"]
         assert r["env"]["runtimes"]["onnxruntime"] and r["env_hash"]
         assert r["remote"]["bundle_copied"] is True
     # the device really received the bundle, and the records reached the store

@@ -423,7 +423,17 @@ def test_onnxruntime_bundle_still_profiles_with_onnxruntime(bundle_dir):
     for r in recs:
         assert r["runtime"] == "onnxruntime" and r["runtime_version"] == ort.__version__
         assert r["env"]["runtimes"]["onnxruntime"] == ort.__version__ and r["transfers"] is False
-        assert r["latency_ms"]["runs"] >= 3 and r["latency_ms"]["min"] > 0
+        lat = r["latency_ms"]
+        assert lat["n"] >= 3 and 0 < lat["min"] <= lat["median"] <= lat["max"]
+        lo, hi = lat["median_ci"]
+        assert lo <= lat["median"] <= hi and lat["ci_level"] == 0.95 and lat["ci_method"]
+        # the same protocol as the host's, the runtime's own session settings, switch-in apart
+        assert r["protocol"]["block_calls"] >= 1 and r["protocol"]["cv_metric"] == "robust_cv"
+        assert r["session"]["intra_op_spinning"] is False and "share_weights" in r["session"]
+        assert r["switch_in_ms"]["n"] >= 1 and r["switch_in_ms"]["calls"] == 1
+        # hardware truth from the fingerprint: the tests' bundle targets this machine's class
+        assert r["env"]["processor"]["arch"] and r["hardware"]["ran_on"]
+        assert r["verified_on_hardware"] is r["hardware"]["matches"]
 
 
 def test_profiler_bad_stitch_ids_are_one_line_errors(bundle_dir):

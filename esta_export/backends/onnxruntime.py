@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, CompileError
+from ..runtime.session import SessionSettings, ort_session_options
 from ..targets import Target
 from . import register
 from .base import Backend, CompiledArtifact, Runner
@@ -190,28 +191,24 @@ class OnnxRuntimeBackend(Backend):
     def int8_isa(self, target: Target) -> dict[str, Any]:
         return int8_isa(target)
 
-    def load(self, artifact_path: Path, target: Target) -> Runner:
+    def load(self, artifact_path: Path, target: Target,
+             settings: SessionSettings | None = None) -> Runner:
         self.require()
-        return OrtRunner(Path(artifact_path), target)
+        return OrtRunner(Path(artifact_path), target, settings)
 
 
 class OrtRunner(Runner):
-    def __init__(self, path: Path, target: Target) -> None:
+    def __init__(self, path: Path, target: Target, settings: SessionSettings | None = None) -> None:
         ort = _ort()
         wanted = _providers(target)
-        # The offline graph is already optimized; ALL adds this CPU's layout transforms online.
-        so = _session_options(target, "all")
-        # Idle worker threads of other sessions must not spin: with several stitches loaded (the
-        # bundle runtime; interleaved profiling) spinning pools steal the CPU from the running one
-        # (measured: 3x slower and 25-29% robust CV with spinning, 3-8% without). The bundle
-        # runtime uses the same setting, so profiled latency is the app's.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        share = bool(getattr(target.execution, "share_weights", False))
-        if share:
-            # The bundle runtime's configuration (esta_export.runtime.bundle): weights shared
-            # across sessions are not prepacked, and the CPU arena is off.
-            so.add_session_config_entry("session.disable_prepacking", "1")
-            so.enable_cpu_mem_arena = False
+        # The bundle runtime's session configuration, from the one function it uses too
+        # (runtime/session.py): spinning off, prepacking and arena off when sharing weights,
+        # threads from the target or from 'profile --tune'. So profiled latency is the app's.
+        self.settings = settings or SessionSettings.from_target(target)
+        so = ort_session_options(ort, self.settings)
+        # The offline graph is already optimized; ALL adds this CPU's layout transforms online
+        # (ONNX Runtime's default level, the one the bundle runtime gets).
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), so, providers=wanted)
         except Exception as err:
@@ -225,9 +222,8 @@ class OrtRunner(Runner):
                                        f"libraries, or use the cpu target")
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
-        self.info = {"providers": got, "threads": target.execution.threads or "default",
-                     "session": {"share_weights": share, "prepacking": not share, "cpu_mem_arena": not share,
-                                 "intra_op_spinning": False}}
+        self.info = {"providers": got, "threads": self.settings.threads or "default",
+                     "session": self.settings.to_dict()}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output], {self.input: np.ascontiguousarray(x, np.float32)})[0]

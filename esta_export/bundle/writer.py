@@ -64,6 +64,7 @@ def _latency(sel: dict | None, compiled_sha: str, profiles: dict[str, dict]) -> 
                                           "env_hash": sel.get("env_hash")})
             if sel.get("unstable") is not None:
                 lat.setdefault("unstable", bool(sel["unstable"]))
+            _add_switch_in(lat, sel.get("switch_in_ms") or (profiles.get(compiled_sha) or {}).get("switch_in_ms"))
             return lat
     rec = profiles.get(compiled_sha)
     if rec:
@@ -73,8 +74,27 @@ def _latency(sel: dict | None, compiled_sha: str, profiles: dict[str, dict]) -> 
         lat["provenance"] = {"from": "profile store", "env_hash": rec.get("env_hash"),
                              **{k: env.get(k) for k in ("hostname", "machine", "cpu_model", "threads") if k in env}}
         lat["unstable"] = bool(rec.get("unstable"))
+        _add_switch_in(lat, rec.get("switch_in_ms"))
         return lat
     return None
+
+
+def _add_switch_in(lat: dict, switch_in: dict | None) -> None:
+    """The manifest's ``switch_in_ms``: the median first call after switching to the stitch."""
+    if isinstance(switch_in, dict) and isinstance(switch_in.get("median"), (int, float)):
+        lat["switch_in_ms"] = float(switch_in["median"])
+
+
+def _session(compiled: dict, profiles: dict[str, dict], shas: list[str]) -> dict:
+    """How the latencies were measured, so the runtime runs the same way: the session settings
+    the profile records of the bundled artifacts carry (profile --tune's choice or the
+    target's), else the target's [execution]."""
+    ex = (compiled.get("target_spec") or {}).get("execution") or {}
+    found = [profiles[h]["session"] for h in shas if isinstance((profiles.get(h) or {}).get("session"), dict)]
+    if found and all(f == found[0] for f in found) and "share_weights" in found[0]:
+        return dict(found[0])
+    return {"share_weights": bool(ex.get("share_weights", True)), "threads": ex.get("threads") or None,
+            "intra_op_spinning": bool(ex.get("intra_op_spinning", False)), "source": "target"}
 
 
 def write_bundle(job_dir: str | Path | None, target: str, bundle_dir: str | Path, *,
@@ -261,8 +281,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
                       "accuracy_source": (select or {}).get("accuracy_source")},
         "stitches": stitches, "excluded": plan["excluded"],
         # How the latencies above were measured, and so how the runtime should run to see them.
-        "session": {"share_weights": bool(((compiled.get("target_spec") or {}).get("execution") or {})
-                                          .get("share_weights", True))},
+        "session": _session(compiled, profiles, [plan["artifacts"][sid].get("sha256", "") for sid in plan["include"]]),
     }
     _write_docs(root, manifest)
     return manifest

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import InputError, ProfileError
 from ..fsutil import read_json
-from .harness import LatencyStats, ProgressFn, TimingProtocol, profile_runners, warm_up
+from ..runtime.session import SessionSettings
+from .harness import LatencyStats, ProgressFn, TimingProtocol, profile_runners, stats_record, warm_up
 from .store import ProfileStore, now_iso
 
 MAX_FRONT_ROUNDS = 5
@@ -103,11 +104,19 @@ def input_shape_for(export: dict[str, Any] | None, comp: dict[str, Any], batch: 
     return [batch] + [int(d) for d in shape[1:]]
 
 
-def _load_runner(backend: str, path: str, target_ref: str):
+def _load_runner(backend: str, path: str, target_ref: str, session: dict | None = None):
     """Top-level (picklable) loader used by the memory worker."""
     from ..backends import get_backend
     from ..targets import load_target
-    return get_backend(backend).load(Path(path), load_target(target_ref))
+    return load_for_profile(get_backend(backend), Path(path), load_target(target_ref),
+                            None if session is None else SessionSettings.from_dict(session))
+
+
+def load_for_profile(backend: Any, path: Path, target: Any, settings: SessionSettings | None):
+    """A runner configured as the bundle runtime will run it (ONNX Runtime: ``settings``)."""
+    if settings is not None and getattr(backend, "name", "") == "onnxruntime":
+        return backend.load(path, target, settings)
+    return backend.load(path, target)
 
 
 def _pareto_ids(rows: list[dict[str, Any]], lat: dict[Hashable, float]) -> set[Hashable]:
@@ -125,7 +134,8 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                      fresh: bool = False, progress: ProgressFn | None = None,
                      min_runs: int | None = None, min_seconds: float | None = None,
                      memory: bool = True, batch_sizes: Sequence[int] | None = None,
-                     cv_metric: str | None = None) -> ProfileResult:
+                     cv_metric: str | None = None,
+                     session: SessionSettings | None = None) -> ProfileResult:
     """Measure the compiled stitches of ``compiled_dir`` on this machine (see module doc)."""
     from ..backends import get_backend
     from ..predict import LatencyModel, choose_profile_subset, leave_one_out
@@ -163,7 +173,10 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
     backend = get_backend(backend_name)
     proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds,
                                        cv_metric=cv_metric)
-    threads = getattr(getattr(target, "execution", None), "threads", None)
+    # The session configuration the bundle runtime will use: 'profile --tune''s choice, else the
+    # target's [execution]; recorded in every record and keyed into the cache.
+    session = session or SessionSettings.from_target(target)
+    threads = session.threads
     env = fingerprint(threads=threads or None)
     ehash = env_hash(env)
     precision = comp.get("precision") or getattr(target, "precision", None)
@@ -185,8 +198,7 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
         shape = input_shape_for(export, comp, batch)
         settings = proto.settings_hash(batch=batch, shape=shape, precision=precision,
                                        threads=threads, backend=backend_name, transfers=transfers,
-                                       share_weights=bool(getattr(target.execution, "share_weights", False)),
-                                       intra_op_spinning=False)
+                                       session=session.key())
         known: dict[Hashable, dict[str, Any]] = {}
         if not fresh:
             for r in rows:
@@ -206,7 +218,8 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
             runners = {}
             for n, i in enumerate(ids):
                 say("load", n / len(ids), str(i))
-                runners[i] = backend.load(compiled_dir / by_id[i]["path"], target)
+                runners[i] = load_for_profile(backend, compiled_dir / by_id[i]["path"], target,
+                                              session)
             used_threads = {i: (getattr(r, "info", {}) or {}).get("threads") for i, r in
                             runners.items()}
             with TegrastatsSampler() as sampler:
@@ -224,14 +237,15 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                 say("memory", 0.0, f"{len(ids)} stitches")
                 mem = measure_peak_memory(
                     {i: (_load_runner, (backend_name, str(compiled_dir / by_id[i]["path"]),
-                                        target.source or target.name)) for i in ids}, shape)
+                                        target.source or target.name, session.to_dict()))
+                     for i in ids}, shape)
             tegra = sampler.summary() if sampler.available else None
             recs = []
             for i in ids:
                 recs.append(_record(by_id[i], stats[i], target, backend_name, precision, batch,
                                     shape, used_threads[i] or threads, env, ehash, proto, settings,
                                     transfers, mem.get(i), energy.get(i), tegra,
-                                    predicted.get(i), (t0, t1)))
+                                    predicted.get(i), (t0, t1), session))
             store.append(recs)
             result.measured.update({r["stitch_id"]: r for r in recs})
             known.update({r["stitch_id"]: r for r in recs})
@@ -303,20 +317,22 @@ def _record(row: dict[str, Any], stats: LatencyStats, target: Any, backend: str,
             env: dict[str, Any], ehash: str, proto: TimingProtocol, settings: str,
             transfers: str, mem: dict[str, Any] | None, energy: dict[str, Any] | None,
             tegra: dict[str, Any] | None, predicted_ms: float | None,
-            window: tuple[float, float]) -> dict[str, Any]:
+            window: tuple[float, float], session: SessionSettings) -> dict[str, Any]:
+    from .environment import hardware_match
+
     mem = mem or {}
+    hw = hardware_match(target.device, env)
     rec = {
         "stitch_id": row["id"], "route": row.get("route"), "artifact_sha256": row.get("sha256"),
         "target": target.name, "backend": backend, "precision": precision, "batch": batch,
-        "input_shape": shape, "threads": threads, "latency_ms": stats.to_dict(),
-        "unstable": stats.unstable, "attempts": stats.attempts,
+        "input_shape": shape, "threads": threads, **stats_record(stats, proto),
         "peak_rss_mb": mem.get("peak_rss_mb"), "memory_method": mem.get("method"),
         "memory_error": mem.get("error"),
-        "env": env, "env_hash": ehash, "protocol": proto.to_dict(), "settings_hash": settings,
+        "env": env, "env_hash": ehash, "settings_hash": settings,
         "transfers": transfers, "measured": True, "time": now_iso(),
-        "session": {"share_weights": bool(getattr(target.execution, "share_weights", False)),
-                    "intra_op_spinning": False},
-        "verified_on_hardware": bool(getattr(target, "verified_on_hardware", False)),
+        "session": session.to_dict(),
+        # Where it really ran, from the fingerprint (not the target file's claim).
+        "hardware": hw, "verified_on_hardware": hw["matches"],
     }
     if energy is not None:
         rec["energy"] = energy

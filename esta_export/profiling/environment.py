@@ -1,8 +1,8 @@
 """Environment fingerprint: where a number was measured, and on a Jetson, in which power state.
 
-Every profile record carries this dict. ``env_hash`` covers only the fields that change what a
-latency means (CPU, cores, governor, threads, OS, runtime versions, board and power mode), never
-temperatures or the time, so the cache hits when the same machine measures again.
+Every profile record carries this dict. The machine facts, ``env_hash`` and the hardware-truth
+check live in ``esta_export.runtime.environment`` (the on-device profiler uses the same code);
+this module adds the runtimes importable on the host and tegrastats sampling.
 
 tegrastats output drifts between JetPack releases (AGX rails ``VDD_GPU_SOC``/``VIN_SYS_5V0``,
 NX/Nano ``VDD_IN``; ``mW`` suffix or not), so :func:`parse_tegrastats_line` parses tokens by field
@@ -11,53 +11,21 @@ name and keeps whatever it does not know under ``other``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-import os
-import platform
 import re
 import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterable
+
+from ..runtime.environment import (_STABLE_JETSON_KEYS, _STABLE_KEYS, board,  # noqa: F401
+                                   cpu_model, env_hash, hardware_match, jetson_info,
+                                   parse_jetson_clocks, parse_nvpmodel, processor)
+from ..runtime.environment import fingerprint as _machine_fingerprint
 
 # Module input power rails, in order of preference: the whole module's input, not one domain.
 INPUT_RAILS = ("VDD_IN", "VIN_SYS_5V0", "POM_5V_IN", "VIN")
-
-# Fields that define a measurement environment. Everything else (temperatures, time, RAM in use,
-# live clocks) is context, not identity.
-_STABLE_KEYS = ("cpu_model", "cpu_cores", "governor", "threads", "os", "kernel", "machine",
-                "python", "runtimes", "jetson")
-_STABLE_JETSON_KEYS = ("sku", "compatible", "l4t", "nvpmodel", "jetson_clocks")
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip()
-    except OSError:
-        return None
-
-
-def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout or "") + (out.stderr or "") if out.returncode == 0 else None
-
-
-def cpu_model() -> str:
-    info = _read("/proc/cpuinfo") or ""
-    for key in ("model name", "Hardware", "Model", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", info, re.M)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or platform.machine()
 
 
 def runtime_versions() -> dict[str, str]:
@@ -76,46 +44,6 @@ def runtime_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- Jetson
-
-
-def parse_nvpmodel(text: str) -> dict[str, Any]:
-    """``nvpmodel -q`` -> {"name": "MAXN", "id": 0}; tolerant of extra lines (warnings)."""
-    out: dict[str, Any] = {}
-    m = re.search(r"NV Power Mode:\s*(\S+)", text)
-    if m:
-        out["name"] = m.group(1)
-    for line in text.splitlines():
-        if line.strip().isdigit():
-            out["id"] = int(line.strip())
-    return out
-
-
-def parse_jetson_clocks(text: str) -> dict[str, Any]:
-    """``jetson_clocks --show`` -> online CPUs, per-unit min/max/current clocks and a pinned flag.
-
-    Clocks are pinned ("jetson_clocks on") when every listed unit runs with MinFreq == MaxFreq.
-    """
-    out: dict[str, Any] = {"units": {}}
-    m = re.search(r"Online CPUs:\s*(\S+)", text)
-    if m:
-        out["online_cpus"] = m.group(1)
-    for line in text.splitlines():
-        unit = re.match(r"\s*(cpu\d+|GPU|EMC|DLA\d*\w*|PVA\w*)\b", line)
-        if not unit:
-            continue
-        fields = dict(re.findall(r"(\w+)=(\S+)", line))
-        rec = {k: int(v) if v.isdigit() else v for k, v in fields.items()
-               if k in ("MinFreq", "MaxFreq", "CurrentFreq", "Online", "Governor", "Gonvernor")}
-        if rec:
-            out["units"][unit.group(1)] = rec
-    mins = [u.get("MinFreq") for u in out["units"].values() if "MinFreq" in u]
-    maxs = [u.get("MaxFreq") for u in out["units"].values() if "MaxFreq" in u]
-    if mins and len(mins) == len(maxs):
-        out["pinned"] = all(a == b for a, b in zip(mins, maxs))
-    m = re.search(r"NV Power Mode:\s*(\S+)", text)
-    if m:
-        out["power_mode"] = m.group(1)
-    return out
 
 
 _RAIL = re.compile(r"^(\d+)(?:mW)?/(\d+)(?:mW)?$")
@@ -281,69 +209,10 @@ class TegrastatsSampler:
                 "freqs_last": last.get("freqs", {}), "ram_mb_last": last.get("ram_mb")}
 
 
-def jetson_info() -> dict[str, Any] | None:
-    """Board, L4T, power mode and clock state; None off a Jetson."""
-    compat = _read("/proc/device-tree/compatible")
-    release = _read("/etc/nv_tegra_release")
-    if not compat and not release:
-        return None
-    compat_list = [c for c in (compat or "").split("\x00") if c]
-    sku = next((m.group(0) for c in compat_list if (m := re.search(r"p\d{4}-\d{4}", c))), None)
-    info: dict[str, Any] = {"compatible": compat_list, "sku": sku}
-    if release:
-        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", release)
-        info["l4t"] = f"{m.group(1)}.{m.group(2)}" if m else release.splitlines()[0]
-    nv = _run(["nvpmodel", "-q"])
-    info["nvpmodel"] = parse_nvpmodel(nv) if nv else None
-    jc = _run(["jetson_clocks", "--show"])
-    info["jetson_clocks"] = parse_jetson_clocks(jc) if jc else None
-    return info
-
-
-# ---------------------------------------------------------------- the fingerprint
-
-
 def fingerprint(threads: int | None = None, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a profile record says about the machine (cheap: no subprocess off a Jetson)."""
-    uname = platform.uname()
-    env: dict[str, Any] = {
-        "cpu_model": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "threads": threads,
-        "os": f"{uname.system} {_os_release()}".strip(),
-        "kernel": uname.release,
-        "machine": uname.machine,
-        "python": platform.python_version(),
-        "runtimes": runtime_versions(),
-        "hostname": uname.node,
-        "jetson": jetson_info(),
-    }
-    if extra:
-        env.update(extra)
-    return env
-
-
-def _os_release() -> str:
-    text = _read("/etc/os-release") or ""
-    m = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', text, re.M)
-    return m.group(1) if m else ""
-
-
-def env_hash(env: dict[str, Any]) -> str:
-    """Hash of the stable fields only (never temperatures, live clocks or time)."""
-    stable = {k: env.get(k) for k in _STABLE_KEYS}
-    if stable.get("jetson"):
-        j = stable["jetson"]
-        stable["jetson"] = {k: j.get(k) for k in _STABLE_JETSON_KEYS}
-        jc = stable["jetson"].get("jetson_clocks")
-        if isinstance(jc, dict):  # live CurrentFreq is not identity; the clamps are
-            stable["jetson"]["jetson_clocks"] = {
-                "pinned": jc.get("pinned"), "online_cpus": jc.get("online_cpus"),
-                "max": {u: v.get("MaxFreq") for u, v in jc.get("units", {}).items()}}
-    blob = json.dumps(stable, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The machine facts (runtime/environment.py, the same on the device) plus the runtimes
+    importable here."""
+    return _machine_fingerprint(threads, runtimes=runtime_versions(), extra=extra)
 
 
 def describe(env: dict[str, Any]) -> Iterable[str]:

@@ -24,6 +24,7 @@ from .integrity import resolve_inside, sha256_file, verify_all
 from .manifest import load_manifest
 from .preprocess import preprocess as _preprocess
 from .preprocess import softmax
+from .session import SessionSettings, ort_session_options
 from .weights import SharedWeights
 
 
@@ -54,7 +55,8 @@ class Bundle:
     """A deployed stitch family. Open with :meth:`Bundle.open`."""
 
     def __init__(self, root: Path, manifest: dict, *, share_weights: bool, providers, threads,
-                 latency_stat: str, memory_arena: bool | None = None, verified: bool = False) -> None:
+                 latency_stat: str, memory_arena: bool | None = None, verified: bool = False,
+                 spinning: bool | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self.input_spec: dict = manifest["input"]
@@ -64,7 +66,12 @@ class Bundle:
         # loaded that reserve dominates, so it is off when memory is the point (sharing weights).
         self.memory_arena = (not share_weights) if memory_arena is None else memory_arena
         self.providers = list(providers or ["CPUExecutionProvider"])
-        self.threads = threads
+        # The session configuration the manifest's latencies were measured with (profile --tune's
+        # choice or the target's), unless the caller overrides a part of it.
+        self.session_settings = SessionSettings.from_dict(
+            manifest.get("session"), share_weights=share_weights, memory_arena=self.memory_arena,
+            threads=threads, intra_op_spinning=spinning)
+        self.threads = self.session_settings.threads
         self.latency_stat = latency_stat
         self._entries = {int(s["id"]): s for s in manifest["stitches"]}
         self._sessions: dict[int, object] = {}
@@ -84,7 +91,8 @@ class Bundle:
     def open(cls, path: str | Path, *, verify: bool = True, load: str = "lazy",
              share_weights: bool | None = None, providers: Iterable[str] | None = None,
              threads: int | None = None, latency_stat: str = "median",
-             memory_arena: bool | None = None, engine: str = "auto") -> "Bundle":
+             memory_arena: bool | None = None, engine: str = "auto",
+             spinning: bool | None = None) -> "Bundle":
         """Open the bundle at ``path``.
 
         verify: hash every file against the manifest first (a flipped byte raises IntegrityError
@@ -95,6 +103,8 @@ class Bundle:
         prepacking is turned off then: it would copy every weight per session again). Default:
         the configuration the manifest's latencies were measured in (``manifest["session"]``).
         memory_arena: ONNX Runtime's CPU memory arena (default: off when sharing weights).
+        threads, spinning: ONNX Runtime intra-op threads and thread spinning (default: the
+        manifest's ``session``, which the profiler measured with; see runtime/session.py).
         engine: "onnxruntime", "tensorrt" (the bundle's engines, built and validated on this
         device by build_engines.py; refused with one line otherwise), or "auto": TensorRT for a
         TensorRT bundle whose engines are all ready, else ONNX Runtime (``engine_note`` says why).
@@ -111,7 +121,8 @@ class Bundle:
         if share_weights is None:
             share_weights = bool((manifest.get("session") or {}).get("share_weights", True))
         b = cls(root, manifest, share_weights=share_weights, providers=providers, threads=threads,
-                latency_stat=latency_stat, memory_arena=memory_arena, verified=verify)
+                latency_stat=latency_stat, memory_arena=memory_arena, verified=verify,
+                spinning=spinning)
         b._choose_engine(engine)
         if load == "all":
             for sid in b._entries:
@@ -234,16 +245,10 @@ class Bundle:
                                  "validated artifact's sha256", hint="re-copy the bundle")
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        # No spinning worker threads: with several stitches loaded they would steal the CPU from
-        # the running one. esta-export's profiler times sessions configured the same way.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.enable_cpu_mem_arena = self.memory_arena
-        if self.threads:
-            so.intra_op_num_threads = int(self.threads)
+        # The one session configuration (runtime/session.py) esta-export's profiler uses too.
+        so = ort_session_options(ort, self.session_settings)
         values: dict = {}
         if self._weights is not None:
-            so.add_session_config_entry("session.disable_prepacking", "1")
             values = self._weights.acquire(int(entry["id"]), ort)
             for name, value in values.items():
                 so.add_initializer(name, value)

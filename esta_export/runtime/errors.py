@@ -12,6 +12,7 @@ try:  # esta_export/__init__ and errors.py are pure Python: cheap to import wher
     from esta_export.errors import IntegrityError as _IntegrityBase
     from esta_export.errors import SelectionError as _SelectionBase
     from esta_export.errors import UnsafeFileError as _UnsafeBase
+    from esta_export.errors import ProfileError as _ProfileBase
 except ImportError:  # on the device
     class _EstaLike(Exception):
         def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -28,6 +29,9 @@ except ImportError:  # on the device
         pass
 
     class _UnsafeBase(_EstaLike):  # type: ignore[no-redef]
+        pass
+
+    class _ProfileBase(_EstaLike):  # type: ignore[no-redef]
         pass
 
 
@@ -53,3 +57,7 @@ class UnsafeBundleError(_UnsafeBase, BundleError):
 
 class EngineMismatchError(BundleError):
     """A TensorRT plan was built for another TensorRT version or GPU than the one found here."""
+
+
+class TimingError(_ProfileBase):
+    """The timing protocol's settings cannot measure anything (no runs, bad thresholds)."""
