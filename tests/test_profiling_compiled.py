@@ -65,6 +65,14 @@ def test_profiles_every_stitch_with_provenance_then_hits_the_cache(compiled: Pat
     assert rec["artifact_sha256"] == sha256_file(compiled / "stitch_005/model.onnx")
     assert rec["env"]["cpu_model"] and rec["env_hash"] and rec["protocol"]["min_runs"] == 5
     assert rec["input_shape"] == [1, 3, 8, 8] and rec["precision"] == "fp32"
+    # the bundle runtime's session settings, the switch-in apart, an interval on the median
+    assert rec["session"]["intra_op_spinning"] is False and rec["session"]["source"] == "target"
+    assert rec["switch_in_ms"] is None or rec["switch_in_ms"]["calls"] == 1
+    lo, hi = rec["latency_ms"]["median_ci"]
+    assert lo <= rec["latency_ms"]["median"] <= hi
+    # hardware truth comes from the fingerprint: the cpu target matches any x86-64/aarch64 CPU
+    assert rec["verified_on_hardware"] is True and rec["hardware"]["matches"]
+    assert rec["env"]["processor"]["arch"] == rec["env"]["machine"] or rec["env"]["processor"]["arch"]
     assert rec["peak_rss_mb"] is not None and rec["peak_rss_mb"] >= 0 and rec["memory_method"]
     assert len(ProfileStore(store).records()) == 3
     again = profile_compiled(compiled, "cpu", store, stitch_ids=[0, 1, 5], **FAST)

@@ -119,3 +119,32 @@ def test_sampler_on_a_jetson() -> None:  # pragma: no cover - runs on the device
         time.sleep(0.5)
     assert s.samples and input_power_mw(s.samples[-1][1]) is not None
     assert fingerprint()["jetson"]["nvpmodel"] is not None
+
+
+def test_hardware_truth_comes_from_the_processor_not_the_target_file() -> None:
+    from esta_export.runtime.environment import hardware_match
+    from esta_export.targets import load_target
+
+    amd = {"processor": {"arch": "x86_64", "vendor": "AuthenticAMD", "model": "AMD EPYC 7B13",
+                         "flags": ["avx2"]}, "machine": "x86_64"}
+    intel = {"processor": {"arch": "x86_64", "vendor": "GenuineIntel", "model": "Intel Xeon",
+                           "flags": ["avx2", "avx512f", "avx512_vnni"]}, "machine": "x86_64"}
+    ov = load_target("intel-cpu")
+    hw = hardware_match(ov.device, amd)
+    assert not hw["matches"] and hw["stand_in"] and "AuthenticAMD" in hw["reason"]
+    assert "AMD EPYC" in hw["ran_on"]
+    assert hardware_match(ov.device, intel)["matches"]
+    # the generic cpu target runs on either vendor
+    assert hardware_match(load_target("cpu").device, amd)["matches"]
+    # an ARM board target on an x86 host: a stand-in; on a Pi 5: matches
+    pi = load_target("raspberry-pi-5").device
+    assert not hardware_match(pi, intel)["matches"]
+    on_pi = {"processor": {"arch": "aarch64", "vendor": "0x41", "flags": ["asimddp"]},
+             "board": {"model": "Raspberry Pi 5 Model B Rev 1.0",
+                       "compatible": ["raspberrypi,5-model-b", "brcm,bcm2712"]}}
+    assert hardware_match(pi, on_pi)["matches"]
+    # Jetson and GPU classes need evidence of the device, never a CPU fingerprint alone
+    assert not hardware_match(load_target("jetson-orin").device, intel)["matches"]
+    jet = {**on_pi, "jetson": {"sku": "p3701-0005", "l4t": "36.3"}}
+    assert hardware_match(load_target("jetson-orin").device, jet)["matches"]
+    assert not hardware_match(load_target("nvidia-gpu").device, intel)["matches"]
