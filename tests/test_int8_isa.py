@@ -185,3 +185,153 @@ def test_compile_records_isa_and_does_not_reuse_across_cpus(tmp_path, monkeypatc
     assert again["artifacts"][0]["int8_isa"]["validated_on"]["flags"] == ["avx2"]
     fp32 = compile_export(export, "cpu", tmp_path / "f", stitch_ids=[0])
     assert "int8_isa" not in fp32["artifacts"][0]
+
+
+# ---- the bundle runtime on a CPU lacking what an int8 stitch was validated with --------------
+def _int8_bundle(root, monkeypatch, *, declared, host=VNNI, target="cpu-int8"):
+    """Compile a tiny export for an int8 target declaring ``declared`` cpu_flags on a CPU with
+    ``host`` flags (lenient gate: compile passes on any real CPU), then bundle it."""
+    from pathlib import Path
+
+    from esta_export.bundle.writer import write_bundle
+    from esta_export.compile import compile_export
+    from tiny_export import make_export
+
+    export = make_export(root / "export")
+    src = Path(load_target(target).source).read_text()
+    flags = "" if declared is None else f"cpu_flags = {list(declared)!r}\n".replace("'", '"')
+    toml = root / f"{target}.toml"
+    toml.write_text(src.replace("[device]\n", "[device]\n" + flags)
+                    + "\n[validation]\nint8_min_top1_agreement = 0.0\nmax_accuracy_drop = 1.0\n")
+    monkeypatch.setenv(ENV_VAR, host)
+    s = compile_export(export, str(toml), root / "compiled", calibration=calibration(24))
+    assert s["artifacts"], s["failed"]
+    monkeypatch.delenv(ENV_VAR)
+    return write_bundle(None, s["target"], root / "bundle", export_dir=export,
+                        compiled_dir=root / "compiled")
+
+
+@pytest.fixture(scope="module")
+def full_range_bundle(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    try:
+        yield _int8_bundle(tmp_path_factory.mktemp("full"), mp, declared=("avx2", "avx512_vnni"))
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def full_copy(full_range_bundle, tmp_path):
+    import shutil
+
+    dst = tmp_path / "b"
+    shutil.copytree(full_range_bundle, dst)
+    return dst
+
+
+def _manifest(root):
+    import json
+
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _edit_manifest(root, change):
+    import json
+
+    m = _manifest(root)
+    change(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_bundle_records_isa_and_ships_reference(full_range_bundle):
+    m = _manifest(full_range_bundle)
+    for e in m["stitches"]:
+        isa = e["int8_isa"]
+        assert e["precision"] == "int8" and isa["setting"] == {"reduce_range": False}
+        assert isa["validated_on"]["flags"] == _features(VNNI)["flags"] and isa["requires_any"]
+    assert m["reference"]["path"] == "reference.npz"
+    assert m["reference"]["thresholds"]["int8_min_top1_agreement"] == 0.0
+    assert any(f["path"] == "reference.npz" for f in m["files"])
+
+
+def test_bundle_runs_full_range_where_validated(full_range_bundle, monkeypatch):
+    from esta_export.runtime import Bundle
+
+    monkeypatch.setenv(ENV_VAR, "avx2,amx_int8")  # another int8-dot CPU: validation holds
+    b = Bundle.open(full_range_bundle)
+    for s in b.stitches():
+        b.load(s.id)
+    assert b.int8_checks == {}
+
+
+def test_bundle_revalidates_on_a_cpu_without_vnni(full_range_bundle, monkeypatch):
+    from esta_export.runtime import Bundle
+
+    monkeypatch.setenv(ENV_VAR, NO_VNNI)
+    b = Bundle.open(full_range_bundle)
+    x = np.load(full_range_bundle / "reference.npz")["x"][:2]
+    for s in b.stitches():
+        assert b.run(x, stitch_id=s.id).shape == (2, 10)
+        v = b.int8_checks[s.id]
+        assert v["samples"] >= 8 and "re-validated on this CPU" in v["note"]
+
+
+def test_bundle_refuses_when_revalidation_fails(full_copy, monkeypatch):
+    from esta_export.runtime import Bundle, BundleError
+
+    _edit_manifest(full_copy, lambda m: m["reference"]["thresholds"].update(int8_min_top1_agreement=1.01))
+    monkeypatch.setenv(ENV_VAR, VNNI)
+    Bundle.open(full_copy).load(0)  # where it was validated, nothing is re-checked
+    monkeypatch.setenv(ENV_VAR, NO_VNNI)
+    with pytest.raises(BundleError, match=r"int8 stitch 0 refused: .*top-1 agreement .* < 1\.01") as err:
+        Bundle.open(full_copy).load(0)
+    assert "\n" not in str(err.value) and "cpu_flags" in str(err.value)
+
+
+def test_bundle_refuses_without_reference(full_copy, monkeypatch):
+    from esta_export.runtime import Bundle, BundleError
+
+    _edit_manifest(full_copy, lambda m: m.update(reference=None))
+    monkeypatch.setenv(ENV_VAR, NO_VNNI)
+    with pytest.raises(BundleError, match="no reference outputs"):
+        Bundle.open(full_copy).load(0)
+
+
+def test_tampered_reference_is_an_integrity_error(full_copy, monkeypatch):
+    from esta_export.runtime import Bundle, IntegrityError
+
+    ref = dict(np.load(full_copy / "reference.npz"))
+    ref["ref_0"] = ref["ref_0"][:, ::-1].copy()  # a reference that would pass anything
+    np.savez(full_copy / "reference.npz", **ref)
+    monkeypatch.setenv(ENV_VAR, NO_VNNI)
+    with pytest.raises(IntegrityError, match="reference.npz"):
+        Bundle.open(full_copy, verify=False).load(0)
+
+
+def test_app_refusal_is_one_line(full_copy):
+    import os
+    import subprocess
+    import sys
+
+    _edit_manifest(full_copy, lambda m: m["reference"]["thresholds"].update(int8_min_top1_agreement=1.01))
+    env = {**os.environ, ENV_VAR: NO_VNNI}
+    proc = subprocess.run([sys.executable, "-I", str(full_copy / "app.py"), "--runs", "1"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "int8 stitch" in proc.stderr and "refused" in proc.stderr
+
+
+def test_reduced_range_bundle_needs_no_revalidation(tmp_path, monkeypatch):
+    from esta_export.runtime import Bundle
+
+    root = _int8_bundle(tmp_path, monkeypatch, declared=None, host=NO_VNNI)
+    m = _manifest(root)
+    assert all(e["int8_isa"]["setting"] == {"reduce_range": True} for e in m["stitches"])
+    monkeypatch.setenv(ENV_VAR, NO_VNNI)
+    b = Bundle.open(root)
+    ref = np.load(root / "reference.npz")
+    for s in b.stitches():
+        out = b.run(ref["x"], stitch_id=s.id)
+        assert np.mean(out.argmax(1) == ref[f"ref_{s.id}"].argmax(1)) >= 0.9  # exact here, any CPU
+    assert b.int8_checks == {}

@@ -227,7 +227,9 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
                  "latency": _latency(sel, art.get("sha256", ""), profiles),
                  "accuracy": _first(sel, exp, key="accuracy"),
                  "accuracy_source": _first(sel, exp, key="accuracy_source"),
-                 "validation": art.get("validation")}
+                 "validation": art.get("validation"), "precision": art.get("precision")}
+        if art.get("int8_isa") is not None:  # which CPUs the int8 validation holds on (runtime/cpu.py)
+            entry["int8_isa"] = art["int8_isa"]
         onnx_rel = art["path"] if src.suffix == ".onnx" else next(
             (f for f in (art.get("files") or {}) if f.endswith(".onnx")), None)
         if onnx_rel is not None:
@@ -263,6 +265,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     tensorrt = None
     if device_build or compiled.get("backend") == "tensorrt":
         tensorrt = _copy_device_build(root, compiled, compiled_dir, plan)
+    reference_file = _int8_reference(root, compiled, compiled_dir, plan["include"], tensorrt)
     _copy_runtime(root)
     target_info = {"name": target, "backend": compiled.get("backend"), "precision": compiled.get("precision"),
                    "runtime": compiled.get("runtime"), "verified_on_hardware": compiled.get("verified_on_hardware"),
@@ -280,6 +283,9 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
         "selection": {"source": selection_path.name if selection_path else None, "note": plan["note"],
                       "accuracy_source": (select or {}).get("accuracy_source")},
         "stitches": stitches, "excluded": plan["excluded"],
+        "reference": None if reference_file is None else {
+            "path": reference_file, "thresholds": (compiled.get("target_spec") or {}).get("validation"),
+            "use": "re-validation of int8 stitches on a CPU lacking what they were validated with"},
         # How the latencies above were measured, and so how the runtime should run to see them.
         "session": _session(compiled, profiles, [plan["artifacts"][sid].get("sha256", "") for sid in plan["include"]]),
     }
@@ -389,6 +395,17 @@ def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dic
             "kit": "kit.json" if kit else None, "timing_cache": "timing.cache",
             "note": "engines are built on the device (python3 build_engines.py kit.json); a plan built "
                     "for another TensorRT version or GPU is refused (esta_runtime.tensorrt_check)"}
+
+
+def _int8_reference(root: Path, compiled: dict, compiled_dir: Path, ids: list[int],
+                    tensorrt: dict | None) -> str | None:
+    """The reference outputs an int8 bundle's runtime re-validates with (reference.npz): written
+    for int8 CPU bundles, and already there for TensorRT bundles (the device build kit's)."""
+    if tensorrt is not None:
+        return "reference.npz" if (root / "reference.npz").is_file() else None
+    if compiled.get("precision") != "int8":
+        return None
+    return _write_device_reference(root, compiled, compiled_dir, ids)
 
 
 MAX_REFERENCE_BYTES = 8 << 20  # reference inputs shipped for on-device validation

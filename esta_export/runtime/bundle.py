@@ -79,6 +79,10 @@ class Bundle:
         self._active_lock = threading.Lock()
         self._active: tuple[int, object] | None = None
         self._weights: SharedWeights | None = None
+        from .cpu import cpu_features
+
+        self.cpu = cpu_features()  # what int8 stitches are checked against (ESTA_CPU_FLAGS overrides)
+        self.int8_checks: dict[int, dict] = {}  # re-validations done on this CPU, by stitch id
         w = manifest.get("weights")
         if share_weights and w and w.get("index"):
             import json
@@ -225,9 +229,24 @@ class Bundle:
             return session
         with self._load_locks[sid]:
             if sid not in self._sessions:
-                self._sessions[sid] = self._create_session(self._entries[sid])
+                session = self._create_session(self._entries[sid])
+                self._check_int8(self._entries[sid], session)
+                self._sessions[sid] = session
                 _release_free_memory()
         return self._sessions[sid]
+
+    def _check_int8(self, entry: dict, session) -> None:
+        """An int8 stitch on a CPU lacking what it was validated with: re-validated against the
+        bundle's reference outputs, or refused (BundleError); the verdict is kept in int8_checks."""
+        from .int8_check import check_int8, needs_check
+
+        if not needs_check(self.manifest, entry, self.engine):
+            return
+        name = self.input_spec.get("name", "pixels")
+        verdict = check_int8(self.root, self.manifest, entry,
+                             lambda x: session.run(None, {name: x})[0], self.cpu)
+        if verdict is not None:
+            self.int8_checks[int(entry["id"])] = verdict
 
     def _create_session(self, entry: dict):
         if self.engine == "tensorrt":

@@ -55,6 +55,8 @@ def main(argv=None) -> int:
                   else bundle.select(latency_budget_ms=args.budget_ms, min_accuracy=args.min_accuracy))
         t0 = time.perf_counter()
         bundle.activate(stitch.id)
+        if stitch.id in bundle.int8_checks:  # int8 stitch on a CPU lacking what it was validated on
+            print(f"note: {bundle.int8_checks[stitch.id]['note']}")
         expected = "-" if stitch.latency_ms is None else f"{stitch.latency_ms:.3g}"
         print(f"stitch {stitch.id} {stitch.route}: expected {expected} ms "
               f"({stitch.latency_source or 'no latency recorded'}), accuracy {stitch.accuracy} "
