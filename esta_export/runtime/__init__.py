@@ -8,9 +8,10 @@ created), never torch or the rest of esta-export: the bundle ships a copy of thi
 from .bundle import Bundle, Stitch
 from .errors import (BundleError, EngineMismatchError, IntegrityError, ManifestVersionError,
                      NoStitchFitsError, UnsafeBundleError)
+from .governor import Governor
 from .manifest import SCHEMA, SCHEMA_VERSION, load_manifest
 from .preprocess import preprocess, softmax
 
-__all__ = ["Bundle", "Stitch", "BundleError", "EngineMismatchError", "IntegrityError",
+__all__ = ["Bundle", "Stitch", "Governor", "BundleError", "EngineMismatchError", "IntegrityError",
            "ManifestVersionError", "NoStitchFitsError", "UnsafeBundleError", "SCHEMA",
            "SCHEMA_VERSION", "load_manifest", "preprocess", "softmax"]

@@ -5,6 +5,7 @@ Needs only numpy and onnxruntime (Pillow to read PNG/JPEG); a TensorRT bundle ru
 once build_engines.py has built and validated them (TensorRT + cuda-python). Run from anywhere:
 
     python3 app.py [IMAGE.npy|IMAGE.png] [--budget-ms 5] [--min-accuracy 0.7] [--runs 20]
+    python3 app.py --deadline-ms 5 [--runs 1000]   # a stream under a deadline, switching stitches
 """
 
 from __future__ import annotations
@@ -34,13 +35,32 @@ def load_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def run_governed(bundle, args) -> int:
+    """A stream of inputs (the image, else random pixels) under the deadline governor."""
+    from esta_runtime.governor import Governor, summary_lines
+
+    size = bundle.input_spec["image_size"]
+    rng = np.random.default_rng(0)
+    fixed = None if args.image is None else bundle.preprocess(load_image(args.image))
+    with Governor(bundle, deadline_ms=args.deadline_ms) as gov:
+        print(f"governor: front {gov.front} (fastest first), starting at stitch {gov.active}")
+        for _ in range(max(1, 1000 if args.runs is None else args.runs)):
+            gov.run(fixed if fixed is not None else
+                    bundle.preprocess(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+        print("\n".join(summary_lines(gov.stats())))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("image", nargs="?", type=Path, help=".npy (HxWx3) or PNG/JPEG (with Pillow)")
     p.add_argument("--budget-ms", type=float, default=None, help="latency budget per image")
     p.add_argument("--min-accuracy", type=float, default=None)
     p.add_argument("--stitch", type=int, default=None, help="use this stitch id instead of selecting")
-    p.add_argument("--runs", type=int, default=20, help="timed runs after one warm-up run")
+    p.add_argument("--runs", type=int, default=None, help="timed runs after one warm-up run (default 20; "
+                   "with --deadline-ms, inputs in the stream: default 1000)")
+    p.add_argument("--deadline-ms", type=float, default=None,
+                   help="run a stream of inputs under this deadline, switching stitches as the load changes")
     p.add_argument("--no-verify", action="store_true", help="skip hashing every file at open")
     args = p.parse_args(argv)
     try:
@@ -51,6 +71,8 @@ def main(argv=None) -> int:
               f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
         if bundle.engine_note:  # a TensorRT bundle whose engines are not (yet) usable here
             print(f"note: {bundle.engine_note}")
+        if args.deadline_ms is not None:
+            return run_governed(bundle, args)
         stitch = (bundle.stitch(args.stitch) if args.stitch is not None
                   else bundle.select(latency_budget_ms=args.budget_ms, min_accuracy=args.min_accuracy))
         t0 = time.perf_counter()
@@ -70,7 +92,7 @@ def main(argv=None) -> int:
         x = bundle.preprocess(image)
         bundle.run(x)  # warm-up
         times = []
-        for _ in range(max(1, args.runs)):
+        for _ in range(max(1, args.runs or 20)):
             t = time.perf_counter()
             logits = bundle.run(x)
             times.append((time.perf_counter() - t) * 1e3)
