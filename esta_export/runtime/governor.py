@@ -27,7 +27,7 @@ Thread-safe like :meth:`Bundle.run`: any number of threads may call :meth:`run`;
 runs under a lock, inference outside it. ``clock`` (seconds, default ``time.perf_counter``) is
 injectable so tests script the latencies.
 
-On a Jetson the governor reads the power mode (``nvpmodel -q``, the profiler's probe) and, where
+On a Jetson the governor reads the power mode (``nvpmodel -q``, the profiler's probe in runtime/environment.py) and, where
 the manifest holds latencies measured in that mode (``latency.by_power_mode[NAME]``), starts from
 and scales by those; temperatures are reported in :meth:`stats`. NOT verified on hardware.
 """
@@ -94,9 +94,9 @@ def _check_int(name: str, value, low: int) -> int:
 def read_power_mode() -> dict | None:
     """The Jetson power mode ({"id", "name"}), None elsewhere (the profiler's probe).
     NOT verified on hardware."""
-    from .profiler import _power_mode
+    from .environment import power_mode
 
-    return _power_mode()
+    return power_mode()
 
 
 def max_temperature_c() -> float | None:
