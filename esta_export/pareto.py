@@ -112,3 +112,121 @@ def selection_value(rows: Sequence[dict[str, Any]], budgets: Sequence[float] | N
                               else float(best_m["accuracy"] - best_f["accuracy"])),
         })
     return out
+
+
+# ---------------------------------------------------------------- fronts that know the noise
+
+
+def _bounds(it: dict[str, Any], key: str) -> tuple[float, float]:
+    """(low, high) of ``key``: its interval ``<key>_ci`` when the row has one, else the value."""
+    v = float(it[key])
+    ci = it.get(f"{key}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        return min(float(ci[0]), v), max(float(ci[1]), v)
+    return v, v
+
+
+def pareto_front_intervals(items: Sequence[dict[str, Any]], objectives: Sequence[Objective]
+                           ) -> tuple[list[Hashable], dict[Hashable, Hashable],
+                                      dict[Hashable, list[Hashable]]]:
+    """The front when measurements are intervals, not points.
+
+    ``b`` is dominated only when some ``a`` is at least as good as ``b`` in every objective even
+    at ``a``'s worst and ``b``'s best end of their intervals (``<key>_ci`` = [low, high]; a key
+    without one is a point), and better in one. A stitch that the point values would dominate
+    but the intervals cannot tell apart stays on the front, and ``ties`` lists for it the stitches
+    that dominate it by point value only. Returns (front sorted by the last objective,
+    dominated_by, ties).
+    """
+    sign = {k: (1.0 if d == "max" else -1.0) for k, d in objectives}
+    # Per item and objective: (worst, best) in "larger is better" orientation.
+    bounds = {}
+    for it in items:
+        b = []
+        for k, _ in objectives:
+            lo, hi = _bounds(it, k)
+            lo, hi = (lo, hi) if sign[k] > 0 else (-hi, -lo)
+            b.append((lo, hi))
+        bounds[it["id"]] = b
+
+    def surely_dominates(a: Hashable, b: Hashable) -> bool:
+        pairs = list(zip(bounds[a], bounds[b]))
+        return all(wa >= bb for (wa, _), (_, bb) in pairs) and any(wa > bb for (wa, _), (_, bb) in pairs)
+
+    point_front, point_dom = pareto_front(items, objectives)
+    ids = [it["id"] for it in items]
+    front = [i for i in ids if not any(surely_dominates(j, i) for j in ids if j != i)]
+    key = objectives[-1][0]
+    by_id = {it["id"]: it for it in items}
+    front.sort(key=lambda i: float(by_id[i][key]))
+    vals = {it["id"]: np.array([sign[k] * float(it[k]) for k, _ in objectives]) for it in items}
+
+    def point_dominates(a: Hashable, b: Hashable) -> bool:
+        return bool((vals[a] >= vals[b]).all() and (vals[a] > vals[b]).any())
+
+    dominated_by: dict[Hashable, Hashable] = {}
+    for i in ids:
+        if i in front:
+            continue
+        doms = [j for j in front if surely_dominates(j, i)] or [j for j in ids if surely_dominates(j, i)]
+        dominated_by[i] = min(doms, key=lambda j: abs(float(by_id[j][key]) - float(by_id[i][key])))
+    ties = {i: sorted((j for j in ids if j != i and point_dominates(j, i)), key=str)
+            for i in front if i not in point_front}
+    del point_dom
+    return front, dominated_by, ties
+
+
+def jaccard(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
+    """|a & b| / |a | b| (1.0 for two empty sets): how alike two fronts are."""
+    sa, sb = set(a), set(b)
+    return 1.0 if not sa | sb else len(sa & sb) / len(sa | sb)
+
+
+# ---------------------------------------------------------------- intervals on derived figures
+
+DRAW_METHOD = ("parametric bootstrap: each measured median drawn from a normal whose 95% "
+               "interval is its recorded median_ci, figures recomputed per draw, percentile")
+
+
+def _draw_latencies(rows: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        ci = r.get("latency_ci")
+        lat = r.get("latency")
+        if lat is not None and isinstance(ci, (list, tuple)) and len(ci) == 2:
+            sd = max(float(ci[1]) - float(ci[0]), 0.0) / (2 * 1.959964)
+            lat = max(float(lat) + rng.normal(0.0, sd), 1e-9) if sd > 0 else float(lat)
+        out.append({**r, "latency": lat})
+    return out
+
+
+def figure_intervals(rows: Sequence[dict[str, Any]], draws: int = 200, level: float = 0.95,
+                     seed: int = 0) -> dict[str, Any]:
+    """Intervals for the selection value (mean accuracy lost over the point front's budgets) and
+    for Kendall's tau (FLOPs vs measured latency), from the medians' own intervals."""
+    meas = [r for r in rows if r.get("latency_source") == "measured" and r.get("flops") is not None
+            and r.get("latency") is not None]
+    base = selection_value(rows)
+    budgets = [v["budget_ms"] for v in base]
+    rng = np.random.default_rng(seed)
+    taus, values = [], []
+    for _ in range(draws):
+        drawn = _draw_latencies(meas, rng)
+        t = kendall_tau([r["flops"] for r in drawn], [r["latency"] for r in drawn])
+        if t is not None:
+            taus.append(t)
+        if budgets:
+            lost = [v["accuracy_lost"] for v in selection_value(drawn, budgets)
+                    if v["accuracy_lost"] is not None]
+            if lost:
+                values.append(float(np.mean(lost)))
+    a = (1 - level) / 2
+
+    def interval(xs: list[float]) -> list[float] | None:
+        return None if not xs else [float(v) for v in np.quantile(xs, [a, 1 - a])]
+
+    point_lost = [v["accuracy_lost"] for v in base if v["accuracy_lost"] is not None]
+    return {"method": DRAW_METHOD, "draws": draws, "level": level,
+            "kendall_tau_ci": interval(taus),
+            "selection_value_mean": float(np.mean(point_lost)) if point_lost else None,
+            "selection_value_mean_ci": interval(values)}

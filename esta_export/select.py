@@ -17,7 +17,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 
 from .errors import InputError, SelectionError
-from .pareto import (Objective, kendall_tau, pareto_front, selection_value,  # noqa: F401
+from .pareto import (Objective, figure_intervals, kendall_tau, pareto_front,  # noqa: F401
+                     pareto_front_intervals, selection_value,
                      spread_along_front)
 
 SCHEMA = "esta-export/selection"
@@ -38,7 +39,10 @@ def _stats_row(row: dict[str, Any], rec: dict[str, Any] | None, pred: float | No
            "params": row.get("params"), "artifact_sha256": row.get("sha256"),
            "segments": row.get("segments")}
     if rec is not None:
+        ci = rec["latency_ms"].get(f"{LATENCY_METRIC}_ci")
         out.update(latency=rec["latency_ms"][LATENCY_METRIC], latency_ms=rec["latency_ms"],
+                   latency_ci=list(ci) if isinstance(ci, (list, tuple)) else None,
+                   switch_in_ms=rec.get("switch_in_ms"),
                    latency_source="measured", unstable=bool(rec.get("unstable")),
                    peak_rss_mb=rec.get("peak_rss_mb"), env_hash=rec.get("env_hash"),
                    energy=rec.get("energy"))
@@ -151,16 +155,19 @@ def select_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pat
         objectives.append(("peak_rss_mb", "min"))
     objectives.append(("latency", "min"))
     if cand:
-        front, dominated_by = pareto_front(cand, objectives)
+        # Dominance only beyond the medians' intervals; what they cannot tell apart stays on
+        # the front as a tie (pareto.py).
+        front, dominated_by, ties = pareto_front_intervals(cand, objectives)
         mode = "pareto"
     else:
         warnings.append("no stitch has an accuracy: selection falls back to latency order only "
                         "(pass --val-data DATA.npz to measure accuracy)")
-        front, dominated_by, mode = [], {}, "latency-only"
+        front, dominated_by, ties, mode = [], {}, {}, "latency-only"
         cand = [t for t in table if t["latency"] is not None]
     for t in table:
         t["on_front"] = t["id"] in front
         t["dominated_by"] = dominated_by.get(t["id"])
+        t["tie_with"] = ties.get(t["id"], [])
         if t["on_front"] and t["latency_source"] == "predicted":
             warnings.append(f"stitch {t['id']} is on the front with a PREDICTED latency; run "
                             "'esta-export profile' to measure it before shipping")
@@ -202,16 +209,32 @@ def select_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pat
         "stitches": [{k: v for k, v in t.items() if k != "segments"} for t in table],
         "flops_front": flops_front, "flops_dominated_on_device": flops_dominated,
         "kendall_tau": tau, "kendall_tau_n": len(meas),
+        "front_ties": {str(k): v for k, v in ties.items()},
+        "intervals": figure_intervals(table),
         "selection_value": selection_value(table),
         "predictor": predictor,
         "env": next(iter(measured.values())).get("env"),
         "verified_on_hardware": comp.get("verified_on_hardware"),
+        # Where the measured latencies really ran (each record's fingerprint vs the target's
+        # device class), not what the target file claims.
+        "hardware": _where_measured(measured.values()),
         "warnings": warnings,
     }
     out = Path(out_path) if out_path else default_select_path(compiled_dir, target.name)
     atomic_write_json(out, _jsonable(result))
     result["path"] = str(out)
     return result
+
+
+def _where_measured(records) -> dict[str, Any]:
+    hw = [r.get("hardware") for r in records if isinstance(r.get("hardware"), dict)]
+    if not hw:
+        return {"known": False, "matches": None, "ran_on": [],
+                "reason": "the records predate hardware checks; re-profile --fresh"}
+    ran_on = sorted({h.get("ran_on") for h in hw if h.get("ran_on")})
+    bad = sorted({h.get("reason") for h in hw if not h.get("matches")})
+    return {"known": True, "matches": not bad, "ran_on": ran_on,
+            "reason": "; ".join(bad) if bad else "matches the target's device class"}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -140,7 +140,26 @@ def test_targets_command_json(capsys):
     for r in rows:
         assert r["backend_installed"] == (importlib.util.find_spec(r["backend"]) is not None)
         if r["backend"] == "tensorrt":
-            assert r["verification"] == "not verified on hardware"
+            assert r["where_ran"] == "not verified on hardware" and not r["verified_on_hardware"]
+
+
+def test_targets_command_says_where_targets_really_ran(tmp_path, capsys):
+    """A record for intel-cpu made on an AMD EPYC is a stand-in, whatever the target file says."""
+    store = tmp_path / "p.jsonl"
+    amd = {"processor": {"arch": "x86_64", "vendor": "AuthenticAMD", "model": "AMD EPYC 7B13",
+                         "flags": ["avx2"]}, "machine": "x86_64"}
+    intel = {"processor": {"arch": "x86_64", "vendor": "GenuineIntel", "model": "Xeon 8481C",
+                           "flags": ["avx2", "avx512f"]}, "machine": "x86_64"}
+    store.write_text("\n".join(json.dumps({"target": t, "env": env}) for t, env in
+                                (("intel-cpu", amd), ("cpu", amd), ("cpu", intel))) + "\nnot json\n")
+    assert main(["targets", "--json", "--profiles", str(store)]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    ov = rows["intel-cpu"]
+    assert not ov["verified_on_hardware"] and ov["where_ran"].startswith("stand-in only: AMD EPYC")
+    assert "GenuineIntel" in ov["where_ran"]
+    assert rows["cpu"]["verified_on_hardware"] and "AMD EPYC" in rows["cpu"]["where_ran"]
+    assert "Xeon 8481C" in rows["cpu"]["where_ran"] and rows["cpu"]["records"] == 2
+    assert not rows["intel-cpu-int8"]["verified_on_hardware"]
 
 
 def test_targets_command_table_imports_no_runtime():

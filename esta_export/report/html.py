@@ -43,9 +43,10 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
 
 COLUMNS = [("id", "id"), ("route", "route"), ("FLOPs", "flops_scaled"), ("M params", "mparams"),
            ("latency source", "latency_source"), ("min ms", "min"), ("median ms", "median"),
+           ("median 95% CI ms", "median_ci"), ("switch-in ms", "switch_in"),
            ("p90 ms", "p90"), ("p95 ms", "p95"), ("p99 ms", "p99"), ("CV", "cv"),
            ("unstable", "unstable"), ("peak RSS MB", "peak_rss_mb"), ("accuracy", "accuracy"),
-           ("front", "on_front"), ("dominated by", "dominated_by")]
+           ("front", "on_front"), ("tie with", "tie_with"), ("dominated by", "dominated_by")]
 _LEFT = {"route", "latency_source"}
 
 
@@ -62,6 +63,10 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v:.1%}"
     if key == "accuracy":
         return f"{v:.4f}"
+    if key == "median_ci" and isinstance(v, (list, tuple)) and len(v) == 2:
+        return f"{v[0]:.3f}-{v[1]:.3f}"
+    if key == "tie_with" and isinstance(v, list):
+        return ", ".join(map(str, v))
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
@@ -77,6 +82,9 @@ def _row_values(s: dict[str, Any]) -> dict[str, Any]:
         out[k] = lat.get(k)
     # A predicted stitch has only a median estimate.
     out["median"] = lat.get("median", s.get("latency"))
+    out["median_ci"] = s.get("latency_ci")
+    out["switch_in"] = (s.get("switch_in_ms") or {}).get("median")
+    out["tie_with"] = s.get("tie_with") or None
     return out
 
 
@@ -186,8 +194,12 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
         tau = sel.get("kendall_tau")
         dom = sel.get("flops_dominated_on_device") or []
         parts.append("<h3>FLOPs vs measured latency</h3>")
+        iv = sel.get("intervals") or {}
+        tci, vci = iv.get("kendall_tau_ci"), iv.get("selection_value_mean_ci")
         parts.append(f"<p>Kendall tau between FLOPs and latency: "
-                     f"{_e('n/a' if tau is None else f'{tau:.3f}')} over "
+                     f"{_e('n/a' if tau is None else f'{tau:.3f}')}"
+                     + (f" ({_e(round(100 * iv['level']))}% interval {tci[0]:.3f} to {tci[1]:.3f})" if tci else "")
+                     + " over "
                      f"{_e(sel.get('kendall_tau_n'))} measured stitches. FLOPs front: "
                      f"{_e(', '.join(map(str, sel.get('flops_front', []))))}. "
                      f"On the FLOPs front but dominated on the device: "
@@ -195,6 +207,12 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
                      + "</p>")
         parts.append("<h3>Selection value: choosing by FLOPs instead of measured latency</h3>")
         parts.append(_value_table(sel.get("selection_value") or []))
+        if iv.get("selection_value_mean") is not None:
+            parts.append(f"<p>Mean accuracy lost over these budgets: "
+                         f"{100 * iv['selection_value_mean']:.2f} points"
+                         + (f" ({_e(round(100 * iv['level']))}% interval {100 * vci[0]:.2f} to "
+                            f"{100 * vci[1]:.2f})" if vci else "")
+                         + f"; intervals: {_e(iv.get('method'))}, {_e(iv.get('draws'))} draws.</p>")
         pred = sel.get("predictor")
         if pred:
             loo = pred.get("leave_one_out") or {}

@@ -67,7 +67,15 @@ def build_report(selections: Sequence[Path], compiled: Sequence[Path] = ()) -> d
         where = ((comp.get("target_spec") or {}).get("verified_on_hardware"))
         if verified and isinstance(where, str):
             verified = where   # say where it was verified, not just "True"
+        hw = sel.get("hardware") or {}
+        if hw.get("known"):
+            # Where the latencies really ran decides, not the target file's claim.
+            ran = ", ".join(hw.get("ran_on") or [])
+            verified = f"measured on {ran}" if hw.get("matches") else False
         tw = list(sel.get("warnings", []))
+        if hw.get("known") and not hw.get("matches"):
+            tw.insert(0, f"target {sel['target']} was measured on a stand-in, not its device class: "
+                         f"{hw.get('reason')} (ran on {', '.join(hw.get('ran_on') or [])})")
         if not verified and not any("not verified on hardware" in w for w in tw):
             tw.insert(0, f"target {sel['target']} is not verified on hardware")
         if sel.get("predictor") and sel["predictor"].get("leave_one_out", {}).get("mape") is not None:

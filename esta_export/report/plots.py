@@ -32,6 +32,7 @@ def pareto_plot(sel: dict[str, Any]) -> bytes:
     pred = [s for s in with_acc if s["latency_source"] == "predicted"]
     ax.scatter([s["latency"] for s in meas], [s["accuracy"] for s in meas], s=18, c="#9aa5b1",
                label="stitch (measured)")
+    _intervals(ax, meas, sel)
     if pred:
         ax.scatter([s["latency"] for s in pred], [s["accuracy"] for s in pred], s=18,
                    facecolors="none", edgecolors="#9aa5b1", label="stitch (predicted latency)")
@@ -44,6 +45,11 @@ def pareto_plot(sel: dict[str, Any]) -> bytes:
         front.sort(key=lambda s: s["latency"])
         ax.plot([s["latency"] for s in front], [s["accuracy"] for s in front], "-o", c="#1d4ed8",
                 ms=5, label="Pareto front by measured latency")
+    tied = [s for s in with_acc if s.get("on_front") and s.get("tie_with")]
+    if tied:
+        ax.scatter([s["latency"] for s in tied], [s["accuracy"] for s in tied], s=60, marker="D",
+                   facecolors="none", edgecolors="#7c3aed",
+                   label="on the front as a tie (intervals overlap a dominating stitch)")
     ff = sorted((by[i] for i in sel.get("flops_front", []) if i in by), key=lambda s: s["flops"])
     if ff:
         ax.plot([s["latency"] for s in ff], [s["accuracy"] for s in ff], "--s", c="#dc2626",
@@ -61,6 +67,19 @@ def pareto_plot(sel: dict[str, Any]) -> bytes:
         ax.text(0.5, 0.5, "no accuracy available", transform=ax.transAxes, ha="center")
     ax.legend(fontsize=7, loc="lower right")
     return _png(plt, fig)
+
+
+def _intervals(ax, rows: list[dict[str, Any]], sel: dict[str, Any]) -> None:
+    """Horizontal bars: each measured median's confidence interval (the record's median_ci)."""
+    pts = [s for s in rows if isinstance(s.get("latency_ci"), (list, tuple))]
+    if not pts:
+        return
+    lo = [max(s["latency"] - s["latency_ci"][0], 0.0) for s in pts]
+    hi = [max(s["latency_ci"][1] - s["latency"], 0.0) for s in pts]
+    level = next((s.get("latency_ms", {}).get("ci_level") for s in pts if s.get("latency_ms")), None)
+    ax.errorbar([s["latency"] for s in pts], [s["accuracy"] for s in pts], xerr=[lo, hi], fmt="none",
+                ecolor="#64748b", elinewidth=0.8, capsize=2, alpha=0.8,
+                label=f"{int(round(100 * level)) if level else 95}% interval of the median")
 
 
 def flops_latency_plot(sel: dict[str, Any]) -> bytes:
