@@ -28,9 +28,9 @@ import numpy as np
 
 from . import __version__
 from .backends import get_backend
-from .errors import BackendUnavailableError, EstaError, FormatError, InputError
-from .fsutil import (atomic_path, atomic_write_json, prepare_out_dir, read_json, sha256_bytes,
-                     sha256_file)
+from .errors import BackendUnavailableError, CompileError, EstaError, FormatError, InputError, ResourceError
+from .fsutil import (atomic_path, atomic_write_json, check_input_file, check_not_input, check_out_dir,
+                     output_lock, prepare_out_dir, read_json, sha256_bytes, sha256_file, stage_output)
 from .targets import Target, check_graph, load_target
 from .validate import describe_failure, validate
 
@@ -38,6 +38,7 @@ SCHEMA = "esta-export/compile"
 SCHEMA_VERSION = "1.0"
 DEFAULT_SAMPLES = 32
 MAX_REFERENCE_SAMPLES = 256  # validation beyond this costs time and adds little
+MAX_REFERENCE_BYTES = 1 << 30  # random reference inputs: a bound on what --samples may allocate
 
 
 def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | Path,
@@ -56,10 +57,26 @@ def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | 
     backend = get_backend(target.backend)
     if target.backend != "tensorrt":  # TensorRT may prepare a device kit without the library
         backend.require()
-    out_dir = prepare_out_dir(out_dir)
-
+    check_out_dir(out_dir)
+    check_not_input(out_dir, {"the export folder": export_dir,
+                              "--calibration": calibration if isinstance(calibration, (str, Path)) else None})
     stitches = _select(spec, stitch_ids)
     x, y, source = reference_inputs(spec, calibration, samples, seed)
+    final = prepare_out_dir(out_dir)
+    with output_lock(final), stage_output(final, "compile.json") as out_dir:
+        summary = _compile_into(out_dir, export_dir, spec, target, precision, backend, stitches, x, y, source,
+                                fresh, say)
+        if not summary["artifacts"] and out_dir != final:
+            first = summary["failed"][0]["reason"] if summary["failed"] else "no stitch to compile"
+            raise CompileError(f"no stitch compiled and validated for {target.name} ({len(summary['failed'])} "
+                               f"failed; first: {first})",
+                               hint=f"the earlier compile in {final} is kept; fix the cause and re-run")
+        return summary
+
+
+def _compile_into(out_dir: Path, export_dir: Path, spec: dict, target: Target, precision: str, backend,
+                  stitches: list[dict], x: np.ndarray, y: np.ndarray | None, source: str, fresh: bool,
+                  say: Callable[[str], None]) -> dict[str, Any]:
     calib_sha = sha256_bytes(x.tobytes() + (b"" if y is None else y.tobytes()))
     runtime = (backend.describe_for(target) if hasattr(backend, "describe_for")
                else backend.describe())
@@ -78,8 +95,10 @@ def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | 
             say(f"stitch {sid} ({route}): FAILED: {err}")
             continue
         except Exception as err:  # runtimes raise their own types; one stitch must not stop all
-            failed.append({"id": sid, "route": route, "reason": f"{type(err).__name__}: {err}"})
-            say(f"stitch {sid} ({route}): FAILED: {type(err).__name__}: {err}")
+            _raise_if_disk_full(err, out_dir)
+            reason = f"{type(err).__name__}: {_first_line(err)}"
+            failed.append({"id": sid, "route": route, "reason": reason})
+            say(f"stitch {sid} ({route}): FAILED: {reason}")
             continue
         v = rec["validation"]
         if v.get("passed") is False:
@@ -126,6 +145,25 @@ def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | 
     return summary
 
 
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split("\n", 1)[0].split())
+    return text[:300] or type(err).__name__
+
+
+_DISK_FULL = ("No space left", "File too large", "Disk quota exceeded", "ENOSPC", "EFBIG")
+
+
+def _raise_if_disk_full(err: BaseException, out_dir: Path) -> None:
+    """A full disk fails every later stitch too: stop with one line instead of N runtime dumps."""
+    import errno
+
+    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)) or \
+            any(m in str(err) for m in _DISK_FULL):
+        raise ResourceError(f"the disk under {out_dir} is full (or a file-size limit was reached) while compiling",
+                            hint="free space or choose another --out, then re-run the same command "
+                                 "(finished stitches are kept)") from None
+
+
 def read_export(export_dir: Path) -> dict[str, Any]:
     if not export_dir.is_dir():
         raise InputError(f"export folder not found: {export_dir}",
@@ -151,24 +189,20 @@ def reference_inputs(spec: dict, calibration: str | Path | np.ndarray | None, sa
     chw = tuple(int(d) for d in shape[1:])
     y = None
     if calibration is None:
+        if samples * int(np.prod(chw)) * 4 > MAX_REFERENCE_BYTES:
+            raise ResourceError(f"{samples} random reference inputs of shape {list(chw)} need "
+                                f"{samples * int(np.prod(chw)) * 4 / 1e9:.1f} GB",
+                                hint=f"use fewer --samples (at most {MAX_REFERENCE_BYTES // (4 * int(np.prod(chw)))})")
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((samples, *chw)).astype(np.float32)
         return x, None, f"random normal (seed {seed}; no labels: accuracy drop not measured)"
     if isinstance(calibration, np.ndarray):
         x, source = calibration, "array"
     else:
+        from .data import load_npz
+
         path = Path(calibration)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "x" not in data:
-                    raise InputError(f"calibration file {path} has no array 'x'",
-                                     hint="save preprocessed float32 NCHW inputs as 'x' "
-                                          "(optional int labels as 'y')")
-                x = data["x"]
-                y = data["y"] if "y" in data else None
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read calibration file {path} ({err})",
-                             hint="give an .npz written by numpy.savez with 'x' (and 'y')") from None
+        x, y = load_npz(path, "calibration file")
         source = str(path)
     if x.ndim != 4 or tuple(x.shape[1:]) != chw:
         raise InputError(f"calibration inputs have shape {list(x.shape)}, the export needs "
@@ -177,11 +211,19 @@ def reference_inputs(spec: dict, calibration: str | Path | np.ndarray | None, sa
     if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
         raise InputError("calibration inputs must be finite floating-point values",
                          hint="save preprocessed float32 pixels")
+    if len(x) == 0:
+        raise InputError("the calibration file holds no samples (x has length 0)",
+                         hint="save at least one preprocessed input in 'x'")
     if y is not None:
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
             raise InputError("calibration labels 'y' must be one integer per input",
                              hint="save y as an int array of length N")
+        classes = (spec.get("output") or {}).get("num_classes")
+        if isinstance(classes, int) and len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise InputError(f"calibration labels 'y' hold {int(y.min())}..{int(y.max())}, outside the "
+                             f"model's {classes} classes (0..{classes - 1})",
+                             hint="save the class index of each input (0-based) as y")
     x = x[:MAX_REFERENCE_SAMPLES].astype(np.float32)
     return x, None if y is None else y[:MAX_REFERENCE_SAMPLES], source
 

@@ -18,19 +18,10 @@ from .errors import InputError
 def load_val_data(path: str | Path, input_shape: Sequence[Any] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``x`` and ``y`` from an .npz, checked against the export's input shape when given."""
+    from .data import load_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"validation data not found: {path}",
-                         hint="pass --val-data DATA.npz with arrays 'x' (N,3,H,W) and 'y' (N)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data or "y" not in data:
-                raise InputError(f"{path} has arrays {sorted(data.files)}, not 'x' and 'y'",
-                                 hint="save it with np.savez(path, x=images, y=labels)")
-            x, y = np.asarray(data["x"]), np.asarray(data["y"])
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path} is not a readable .npz ({err})",
-                         hint="save it with np.savez(path, x=images, y=labels)") from None
+    x, y = load_npz(path, "validation data", need_labels=True)
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
         raise InputError(f"{path}: need x of shape (N,3,H,W) and y of shape (N), got "
                          f"{x.shape} and {y.shape}", hint="fix the arrays in the .npz")

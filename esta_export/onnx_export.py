@@ -36,8 +36,9 @@ from . import __version__
 from .errors import ExportError, InputError, StitchError, ValidationError
 from .flops import stitch_flops, stitch_params
 from .ids import parse_id_list
-from .fsutil import (atomic_path, atomic_write_bytes, atomic_write_json, check_free_space, prepare_out_dir,
-                     read_json, sha256_file)
+from .fsutil import (atomic_path, atomic_write_bytes, atomic_write_json, check_free_space, check_not_input,
+                     check_out_dir,
+                     output_lock, prepare_out_dir, read_json, sha256_file, stage_output)
 from .onnx_graph import INPUT_NAME, LAYERNORM_MODES, MAX_OPSET, MIN_OPSET, OUTPUT_NAME, build_stitch_graph
 from .slicing import StitchModel, slice_stitch
 from .supernet.formats import LoadedSupernet
@@ -228,14 +229,36 @@ def export_supernet(loaded: LoadedSupernet, out_dir: str | os.PathLike, *, stitc
     model = loaded.model.eval()
     ids = parse_stitch_selection(stitches, model.space.ids) if stitches is None or isinstance(stitches, str) \
         else parse_stitch_selection(",".join(map(str, stitches)), model.space.ids)
-    out = prepare_out_dir(out_dir)
+    check_out_dir(out_dir)
+    check_not_input(out_dir, {"the supernet": loaded.path}, writes=_export_writes)
+    final = prepare_out_dir(out_dir)
+    with output_lock(final):
+        # Checked before anything changes: a refused export leaves the earlier one as it was. An
+        # earlier complete export is protected by writing beside it (its weights.bin copied).
+        old_weights = final / WEIGHTS_FILE
+        protect = (final / "export.json").is_file() and old_weights.is_file()
+        check_free_space(final, _estimate_bytes(loaded, len(ids)) + (old_weights.stat().st_size if protect else 0),
+                         "this export")
+        with stage_output(final, "export.json", copy=lambda rel: rel == WEIGHTS_FILE) as out:
+            return _export_into(loaded, out, final, ids, settings, fresh, on_stitch, t_start)
+
+
+def _export_writes(rel: str) -> bool:
+    """Names the export stage writes in its folder (an input under another name is left alone)."""
+    name = rel.split("/", 1)[0]
+    return (name in ("export.json", WEIGHTS_FILE, INDEX_FILE) or name.startswith("stitch_")
+            or name.startswith("."))
+
+
+def _export_into(loaded: LoadedSupernet, out: Path, final: Path, ids: list[int], settings: ExportSettings,
+                 fresh: bool, on_stitch, t_start: float) -> ExportResult:
+    model = loaded.model
     key = _settings_key(loaded, settings)
     if fresh:
         _clear_export(out)
     summary_path = out / "export.json"
     if summary_path.exists():
         summary_path.unlink()       # the summary is rewritten last; without it the folder is "in progress"
-    check_free_space(out, _estimate_bytes(loaded, len(ids)), "this export")
 
     store = WeightStore(out, key, frozenset(p.data_ptr() for p in model.parameters()))
     names = loaded.spec.names
@@ -243,7 +266,7 @@ def export_supernet(loaded: LoadedSupernet, out_dir: str | os.PathLike, *, stitc
     acc_table = training.get("accuracy") or {}
     imp_table = training.get("importance") or {}
     records, failed = [], []
-    result = ExportResult(out, {})
+    result = ExportResult(final, {})
     prefix_cache: dict = {}
     gen = torch.Generator().manual_seed(settings.seed)
     a0 = loaded.spec.anchors[0]

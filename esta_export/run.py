@@ -51,23 +51,62 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
         if args.config:
+            from .fsutil import read_json_file
+
             path = Path(args.config)
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise InputError(f"cannot read run configuration {path} ({err})",
-                                 hint="give a JSON file written by --dry-run") from None
+            data = read_json_file(path, "run configuration", max_bytes=1 << 20,
+                                  hint="give a JSON file written by --dry-run")
             known = {f.name for f in fields(cls)}
             if not isinstance(data, dict) or set(data) - known or "supernet" not in data:
                 raise InputError(f"run configuration {path} has unknown or missing keys",
                                  hint=f"allowed keys: {sorted(known)}")
-            return cls(**data)
+            cfg = cls(**data)
+            cfg.check(f"run configuration {path}")
+            return cfg
         if not getattr(args, "supernet", None):
             raise InputError("no supernet given", hint="run 'esta-export SUPERNET --target T'")
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+        cfg = cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+        cfg.check("the command line")
+        return cfg
+
+    def check(self, where: str) -> None:
+        """Every field's type and range (a replayed config is a file anyone can edit)."""
+        from .validation import Fields
+
+        f = Fields(where, InputError, hint="fix the value (or write a new config with --dry-run)")
+        for fl in fields(self):
+            v = getattr(self, fl.name)
+            kind = str(fl.type).replace(" ", "")
+            if v is None:
+                if "None" not in kind:
+                    raise f.fail(fl.name, "must not be null")
+                continue
+            lo, hi = _RANGES.get(fl.name, (None, None))
+            if kind.startswith("bool"):
+                f.bool(v, fl.name)
+            elif kind.startswith("int"):
+                f.int(v, fl.name, *(_INT_RANGE if lo is None else (lo, hi)))
+            elif kind.startswith("float"):
+                f.num(v, fl.name, *((0.0, 1e9) if lo is None else (lo, hi)))
+                setattr(self, fl.name, float(v))
+            elif kind.startswith("str"):
+                f.str(v, fl.name, nonempty=fl.name in ("supernet", "target"))
+                if fl.name in _CHOICES:
+                    f.enum(v, fl.name, _CHOICES[fl.name])
+        if self.seconds is not None and self.seconds <= 0:
+            raise f.fail("seconds", f"must be > 0, got {self.seconds}")
+        if self.latency_budget_ms is not None and self.latency_budget_ms <= 0:
+            raise f.fail("latency_budget_ms", f"must be > 0, got {self.latency_budget_ms}")
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+_INT_RANGE = (0, 1 << 31)
+_RANGES: dict[str, tuple] = {"opset": (7, 30), "profile_budget": (1, 1_000_000), "runs": (1, 10_000_000),
+                             "seconds": (0.0, 3600.0), "latency_budget_ms": (0.0, 1e9),
+                             "max_stitches": (1, 1_000_000), "min_accuracy": (0.0, 1.0)}
+_CHOICES = {"stability": ("cv", "trimmed_cv", "robust_cv"), "precision": ("fp32", "fp16", "bf16", "int8")}
 
 
 def run_export(loaded: LoadedSupernet, out_dir: str | Path, *, stitches: str | None = "all",
@@ -101,9 +140,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def execute(cfg: RunConfig, quiet: bool = False) -> int:
-    from .compile import compile_export
-    from .fsutil import atomic_write_json, prepare_out_dir
-    from .onnx_export import DEFAULT_OPSET
+    from .fsutil import check_input_file, check_not_input, check_out_dir, output_lock, prepare_out_dir
     from .supernet.formats import load_supernet
     from .supernet.formats.checks import parse_num_heads
     from .targets import load_target
@@ -111,10 +148,34 @@ def execute(cfg: RunConfig, quiet: bool = False) -> int:
     t0 = time.perf_counter()
     target = load_target(cfg.target)              # fail on a bad target before any work
     for name, path in (("--calibration", cfg.calibration), ("--val-data", cfg.val_data)):
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{name} file not found: {path}", hint="give an .npz with x (and y)")
+        if path is not None:
+            check_input_file(path, f"{name} file", hint="give an .npz with x (and y)")
+    out_path = check_out_dir(cfg.resolved_out())
+    check_not_input(out_path, {"the supernet": cfg.supernet, "--calibration": cfg.calibration,
+                               "--val-data": cfg.val_data,
+                               "the target file": target.source if not _builtin(target) else None},
+                    writes=_job_writes)
     loaded = load_supernet(cfg.supernet, parse_num_heads(cfg.num_heads))
-    out = prepare_out_dir(cfg.resolved_out())
+    out = prepare_out_dir(out_path)
+    with output_lock(out):
+        return _execute(cfg, loaded, target, out, t0, quiet)
+
+
+def _builtin(target) -> bool:
+    return Path(target.source).resolve().parent.name in ("targets", "_targets")
+
+
+def _job_writes(rel: str) -> bool:
+    """Names the main job writes under OUT (an input elsewhere in OUT is left alone)."""
+    top = rel.split("/", 1)[0]
+    return top in ("run.json", "export", "compiled", "profiles", "select", "report", "bundle") or top.startswith(".")
+
+
+def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: float, quiet: bool) -> int:
+    from .compile import compile_export
+    from .fsutil import atomic_write_json
+    from .onnx_export import DEFAULT_OPSET
+
     atomic_write_json(out / "run.json", cfg.to_json())   # replay with --config OUT/run.json
     info(f"supernet {loaded.path.name}: {loaded.source_format}, {len(loaded.model.space)} stitches, heads "
          f"{','.join(map(str, loaded.num_heads))} ({loaded.spec.num_heads_source}); target {target.name} "

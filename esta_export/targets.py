@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import re
 import sys
 import types
 import typing
@@ -221,6 +223,10 @@ def list_targets() -> list[Target]:
 
 
 def _read(path: Path) -> Target:
+    from .fsutil import check_input_file
+
+    check_input_file(path, "target file", max_bytes=1 << 20, error=TargetError,
+                     hint="give a target .toml (see targets/cpu.toml) or a built-in name")
     raw = path.read_bytes()
     try:
         data = tomllib.loads(raw.decode("utf-8"))
@@ -280,6 +286,14 @@ def _convert(tp: Any, value: Any, path: Path, key: str) -> Any:
         tp is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
         raise _type_error(path, key, expected, value)
+    if tp is float and not math.isfinite(value):
+        raise TargetError(f"{path}: {key} = {value} is not a finite number",
+                          hint="give a real number (nan and inf are not allowed)")
+    if tp is int and not -(1 << 31) < value < (1 << 31):
+        raise TargetError(f"{path}: {key} = {value} is out of range",
+                          hint="give an integer that fits the setting (see targets/cpu.toml)")
+    if tp is str and len(value) > 4096:
+        raise TargetError(f"{path}: {key} is too long", hint="shorten it")
     if tp is str and key in CHOICES and value not in CHOICES[key]:
         raise TargetError(f"{path}: {key} = {value!r} is not allowed",
                           hint=f"allowed values: {', '.join(CHOICES[key])}")
@@ -320,8 +334,10 @@ def _check(t: Target, path: Path) -> None:
             raise TargetError(f"{path}: execution.dla_core = {t.execution.dla_core} but the device "
                               f"has {t.device.dla_cores} DLA cores",
                               hint="use a core the device has, or a target without DLA")
-    if t.execution.threads < 0:
-        raise TargetError(f"{path}: execution.threads must be >= 0", hint="0 = runtime default")
+    if not 0 <= t.execution.threads <= 1024:
+        raise TargetError(f"{path}: execution.threads = {t.execution.threads} is out of range",
+                          hint="use 0 (the runtime's default) to 1024")
+    _check_ranges(t, path)
     if t.device.cpu_flags is not None:
         _check_cpu_flags(t, path)
 
@@ -334,6 +350,45 @@ def _check_cpu_flags(t: Target, path: Path) -> None:
     if bad:
         raise TargetError(f"{path}: device.cpu_flags has {bad[0]!r}, not a {t.device.arch} flag esta-export "
                           f"knows", hint=f"allowed: {', '.join(allowed)}")
+
+
+# Ranges of the numeric fields: what a real deployment can have. Values outside them would make a
+# runtime allocate or spin without bound, or switch a validation gate off.
+_RANGES: dict[str, tuple[float, float]] = {
+    "shapes.batch_min": (1, 65536), "shapes.batch_opt": (1, 65536), "shapes.batch_max": (1, 65536),
+    "execution.workspace_mb": (1, 1 << 22), "execution.dla_core": (0, 15),
+    "execution.builder_optimization_level": (0, 5), "power_mode.id": (0, 1024),
+    "device.cuda_cores": (0, 1 << 20), "device.tensor_cores": (0, 1 << 16), "device.dla_cores": (0, 16),
+    "device.cpu_cores": (0, 4096), "device.memory_gb": (0, 1 << 16), "device.memory_bandwidth_gbs": (0, 1 << 20),
+}
+# Validation gates: fractions and relative errors; 0 < x keeps every gate able to fail.
+_GATES: dict[str, tuple[float, float]] = {
+    "fp32_max_rel_error": (0.0, 1.0), "fp16_min_cosine": (0.0, 1.0), "fp16_min_top1_agreement": (0.0, 1.0),
+    "bf16_min_cosine": (0.0, 1.0), "bf16_min_top1_agreement": (0.0, 1.0), "int8_min_top1_agreement": (0.0, 1.0),
+    "max_accuracy_drop": (-1.0, 1.0),
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def _check_ranges(t: Target, path: Path) -> None:
+    # The name becomes a folder (OUT/compiled/<name>, OUT/bundle/<name>): one plain path component.
+    if not _NAME.fullmatch(t.name) or ".." in t.name:
+        raise TargetError(f"{path}: name = {t.name!r:.80} cannot be used as a folder name",
+                          hint="use letters, digits, '-', '_' and '.' only (e.g. name = \"my-board\")")
+    for key, (lo, hi) in _RANGES.items():
+        obj: Any = t
+        for part in key.split("."):
+            obj = getattr(obj, part, None) if obj is not None else None
+        if obj is not None and not lo <= obj <= hi:
+            raise TargetError(f"{path}: {key} = {obj} is out of range", hint=f"use {lo:g}..{hi:g}")
+    if any(not 1 <= b <= 65536 for b in t.shapes.batch_sizes) or len(t.shapes.batch_sizes) > 64:
+        raise TargetError(f"{path}: shapes.batch_sizes must be at most 64 sizes in 1..65536",
+                          hint=f"got {list(t.shapes.batch_sizes)[:8]}")
+    for key, (lo, hi) in _GATES.items():
+        v = getattr(t.validation, key)
+        if not lo < v <= hi:
+            raise TargetError(f"{path}: validation.{key} = {v} is out of range",
+                              hint=f"use a value in ({lo:g}, {hi:g}] (the default is {getattr(Thresholds, key)})")
 
 
 def check_graph(target: Target, opset: int | None, layernorm: str | None) -> None:

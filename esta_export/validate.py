@@ -30,7 +30,8 @@ def compare(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None = None) 
                               f"{ref.shape}", metric="shape",
                               hint="the compiled graph is not the exported one; re-run compile --fresh")
     if not np.all(np.isfinite(out)):
-        return {"finite": False, "max_abs_error": float("inf"), "rel_error": float("inf"),
+        # No error figure exists for non-finite outputs: null, never a bare Infinity in JSON.
+        return {"finite": False, "max_abs_error": None, "rel_error": None,
                 "cosine_min": 0.0, "cosine_mean": 0.0, "top1_agreement": 0.0, "samples": len(ref)}
     diff = np.abs(out - ref)
     scale = float(np.max(np.abs(ref))) or 1.0

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import command
+from ..validation import cli_float, cli_int
 
 
 @command("compile", help="compile the stitches of an export folder for a target and validate "
@@ -25,7 +26,7 @@ class CompileCommand:
         p.add_argument("--out", metavar="COMPILED_DIR",
                        help="output folder (default: DIR/../compiled/TARGET)")
         p.add_argument("--stitches", metavar="IDS", help="comma-separated stitch ids (default: all)")
-        p.add_argument("--samples", type=int, default=32,
+        p.add_argument("--samples", type=cli_int(1, 4096), default=32,
                        help="random reference inputs when no --calibration (default: 32)")
         p.add_argument("--fresh", action="store_true", help="recompile instead of reusing "
                                                             "finished artifacts")

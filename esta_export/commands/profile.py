@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import command
+from ..validation import cli_float, cli_int
 from .common import add_compiled_args
 
 
@@ -16,11 +17,11 @@ class ProfileCommand:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         add_compiled_args(p)
-        p.add_argument("--budget", "--profile-budget", dest="budget", type=int, metavar="N",
+        p.add_argument("--budget", "--profile-budget", dest="budget", type=cli_int(1, 1_000_000), metavar="N",
                        help="time at most N stitches, predict the rest, then time every stitch "
                             "on the predicted Pareto front")
-        p.add_argument("--runs", type=int, metavar="N", help="minimum timed runs per stitch")
-        p.add_argument("--seconds", type=float, metavar="T",
+        p.add_argument("--runs", type=cli_int(1, 10_000_000), metavar="N", help="minimum timed runs per stitch")
+        p.add_argument("--seconds", type=cli_float(0, 3600, positive=True), metavar="T",
                        help="minimum timed seconds per stitch")
         p.add_argument("--stitches", metavar="IDS", help="comma-separated stitch ids")
         p.add_argument("--stability", choices=("cv", "trimmed_cv", "robust_cv"),

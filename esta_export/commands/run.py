@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import command
+from ..validation import cli_float, cli_int
 from .common import add_quiet, add_supernet_args
 from .export import add_export_args
 
@@ -25,15 +26,15 @@ class Run:
                        help="preprocessed inputs x (and labels y) for int8 calibration and validation")
         g.add_argument("--val-data", default=None, metavar="DATA.npz",
                        help="labelled validation data: accuracy of the compiled artifacts decides the front")
-        g.add_argument("--profile-budget", type=int, default=None, metavar="N",
+        g.add_argument("--profile-budget", type=cli_int(1, 1_000_000), default=None, metavar="N",
                        help="time at most N stitches (plus the predicted front); predict the rest")
-        g.add_argument("--runs", type=int, default=None, help="minimum timed runs per stitch")
-        g.add_argument("--seconds", type=float, default=None, help="minimum timed seconds per stitch")
+        g.add_argument("--runs", type=cli_int(1, 10_000_000), default=None, help="minimum timed runs per stitch")
+        g.add_argument("--seconds", type=cli_float(0, 3600, positive=True), default=None, help="minimum timed seconds per stitch")
         g.add_argument("--stability", choices=("cv", "trimmed_cv", "robust_cv"), default="robust_cv",
                        help="dispersion measure that flags unstable timings (default robust_cv)")
-        g.add_argument("--latency-budget-ms", type=float, default=None)
-        g.add_argument("--max-stitches", type=int, default=None, help="spread K stitches along the front")
-        g.add_argument("--min-accuracy", type=float, default=None)
+        g.add_argument("--latency-budget-ms", type=cli_float(0, 1e9, positive=True), default=None)
+        g.add_argument("--max-stitches", type=cli_int(1, 1_000_000), default=None, help="spread K stitches along the front")
+        g.add_argument("--min-accuracy", type=cli_float(0, 1), default=None)
         g.add_argument("--archive", action="store_true", help="also write the bundle as one .tar.gz")
         add_quiet(p)
         p.add_argument("--dry-run", action="store_true", help="print the resolved run configuration and exit")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import command
+from ..validation import cli_float, cli_int
 from .common import add_compiled_args
 
 
@@ -15,17 +16,17 @@ class SelectCommand:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         add_compiled_args(p)
-        p.add_argument("--latency-budget-ms", type=float, metavar="X",
+        p.add_argument("--latency-budget-ms", type=cli_float(0, 1e9, positive=True), metavar="X",
                        help="only stitches at most this slow (median latency)")
-        p.add_argument("--max-stitches", type=int, metavar="K",
+        p.add_argument("--max-stitches", type=cli_int(1, 1_000_000), metavar="K",
                        help="at most K stitches, spread along the front by latency")
-        p.add_argument("--min-accuracy", type=float, metavar="A", help="only stitches this good")
+        p.add_argument("--min-accuracy", type=cli_float(0, 1), metavar="A", help="only stitches this good")
         p.add_argument("--memory", action="store_true",
                        help="peak memory as a third objective")
         p.add_argument("--val-data", metavar="DATA.npz",
                        help="measure top-1 of the compiled artifacts on 'x'/'y' arrays "
                             "(default: the supernet's recorded accuracy)")
-        p.add_argument("--batch", type=int, help="batch size whose profiles to use")
+        p.add_argument("--batch", type=cli_int(1, 65536), help="batch size whose profiles to use")
         p.add_argument("--out", metavar="FILE", help="selection file (default: OUT/select/TARGET.json)")
 
     @staticmethod

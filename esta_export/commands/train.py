@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import command
+from ..validation import cli_float, cli_int
 from .common import add_quiet, add_supernet_args
 
 
@@ -26,21 +27,21 @@ class Train:
         p.add_argument("--data", required=True, metavar="DATA",
                        help="image folder (one sub-folder per class) or .npz with x (N,H,W[,C]) and y (N)")
         p.add_argument("--out", required=True, metavar="OUT.safetensors", help="trained native supernet to write")
-        p.add_argument("--epochs", type=int, default=10)
-        p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--lr", type=float, default=1e-3)
-        p.add_argument("--lora-rank", type=int, default=8, help="rank of the shared LoRA updates (default 8)")
+        p.add_argument("--epochs", type=cli_int(1, 1_000_000), default=10)
+        p.add_argument("--batch-size", type=cli_int(1, 65536), default=64)
+        p.add_argument("--lr", type=cli_float(0, 100, positive=True), default=1e-3)
+        p.add_argument("--lora-rank", type=cli_int(1, 4096), default=8, help="rank of the shared LoRA updates (default 8)")
         p.add_argument("--lora-targets", default="attn.qkv,attn.proj",
                        help="anchor linears that get LoRA (default attn.qkv,attn.proj; also mlp.fc1, mlp.fc2)")
-        p.add_argument("--stitch-lora-rank", type=int, default=None,
+        p.add_argument("--stitch-lora-rank", type=cli_int(1, 4096), default=None,
                        help="LoRA rank of the stitching layers (default: --lora-rank; 0 trains them whole)")
         p.add_argument("--stitch-init", choices=("ls", "keep"), default="ls",
                        help="fit new stitching layers by least squares (default) or keep the file's")
-        p.add_argument("--val-split", type=float, default=0.2, help="held-out fraction (default 0.2)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--floor", type=float, default=0.3,
+        p.add_argument("--val-split", type=cli_float(0, 0.95), default=0.2, help="held-out fraction (default 0.2)")
+        p.add_argument("--seed", type=cli_int(0, 2**32 - 1), default=0)
+        p.add_argument("--floor", type=cli_float(0, 1), default=0.3,
                        help="uniform share of stitch-sampling probabilities, so no stitch starves (default 0.3)")
-        p.add_argument("--image-size", type=int, default=None,
+        p.add_argument("--image-size", type=cli_int(1, 4096), default=None,
                        help="train at this size (default: the supernet's); position embeddings are resampled")
         p.add_argument("--mean", default=None, help="per-channel mean, e.g. 0.485,0.456,0.406 (default: computed)")
         p.add_argument("--std", default=None, help="per-channel std (default: computed)")
@@ -48,7 +49,7 @@ class Train:
         p.add_argument("--checkpoint", default=None, metavar="DIR",
                        help="checkpoint folder rewritten every epoch (default: OUT.ckpt)")
         p.add_argument("--resume", default=None, metavar="CKPT", help="continue from a checkpoint folder")
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        p.add_argument("--threads", type=cli_int(1, 4096), default=None, help="torch CPU threads (default: torch's choice)")
         add_quiet(p)
 
     @staticmethod
