@@ -15,7 +15,7 @@ from typing import Callable
 # Modules that define commands, in the order `--help` lists them. Adding a command = adding a
 # file here and one name to this tuple.
 COMMAND_MODULES = (
-    "run", "inspect", "convert", "export", "train", "targets", "compile", "profile", "select",
+    "run", "inspect", "convert", "stitch", "export", "train", "targets", "compile", "profile", "select",
     "report", "bundle",
 )
 

@@ -41,6 +41,9 @@ class Train:
         p.add_argument("--seed", type=cli_int(0, 2**32 - 1), default=0)
         p.add_argument("--floor", type=cli_float(0, 1), default=0.3,
                        help="uniform share of stitch-sampling probabilities, so no stitch starves (default 0.3)")
+        p.add_argument("--token-keep", type=cli_float(0, 1, positive=True), default=1.0,
+                       help="train each step on this random share of the patch tokens (PatchDropout; evaluation "
+                            "and export use all tokens; default 1.0 = all)")
         p.add_argument("--image-size", type=cli_int(1, 4096), default=None,
                        help="train at this size (default: the supernet's); position embeddings are resampled")
         p.add_argument("--mean", default=None, help="per-channel mean, e.g. 0.485,0.456,0.406 (default: computed)")
@@ -66,7 +69,7 @@ class Train:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lora_rank=args.lora_rank,
             lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
             stitch_lora_rank=args.stitch_lora_rank, floor=args.floor, seed=args.seed,
-            stitch_init=args.stitch_init, quiet=args.quiet)
+            stitch_init=args.stitch_init, token_keep=args.token_keep, quiet=args.quiet)
         config.check()
         loaded = load_from_args(args)
         anchor = loaded.spec.anchors[0]

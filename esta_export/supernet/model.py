@@ -77,16 +77,19 @@ class Supernet(nn.Module):
         return stitch.route(self.spec.names)
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stitch_id: int, keep_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """``keep_tokens`` [batch, k]: run only these patch tokens (1-based; the cls token always runs),
+        training-time token dropping (PatchDropout)."""
         stitch = self.space.get(stitch_id)
         self.ctx.index = self.space.index(stitch_id)
         try:
-            return self.forward_stitch(x, stitch)
+            return self.forward_stitch(x, stitch, keep_tokens=keep_tokens)
         finally:
             self.ctx.index = None
 
     def forward_stitch(self, x: torch.Tensor, stitch: Stitch,
-                       prefix_cache: dict[tuple[int, int], torch.Tensor] | None = None) -> torch.Tensor:
+                       prefix_cache: dict[tuple[int, int], torch.Tensor] | None = None,
+                       keep_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Run ``stitch``. ``prefix_cache`` memoizes the first segment's activations per
         (anchor, last block) for one fixed ``x``; only valid when stitches share those blocks'
         weights (no per-stitch biases), see ``prefix_cacheable``."""
@@ -100,6 +103,9 @@ class Supernet(nn.Module):
                     break
         if h is None:
             h = anchors[first.anchor].forward_embed(x)
+            if keep_tokens is not None:
+                idx = torch.cat([torch.zeros_like(keep_tokens[:, :1]), keep_tokens], dim=1)
+                h = torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
             if prefix_cache is not None:
                 prefix_cache[(first.anchor, -1)] = h
         for b in range(start, first.last + 1):

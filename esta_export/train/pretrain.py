@@ -1,7 +1,9 @@
 """Pretrain a small ViT anchor from scratch (the demo's anchor family; tests' trained anchors).
 
 AdamW with warm-up and cosine decay, label smoothing, and random sub-patch translations (the only
-augmentation that helps tiny digit images). Deterministic under a seed.
+augmentation that helps tiny digit images). ``token_keep`` < 1 trains on a random subset of the patch
+tokens of every image (PatchDropout, Liu et al. 2022; FLIP): the cost falls with the tokens dropped,
+evaluation uses them all. Deterministic under a seed.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def random_shift(x: torch.Tensor, max_shift: float, g: torch.Generator) -> torch
 
 def pretrain_anchor(cfg: AnchorConfig, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int = 64,
                     lr: float = 2e-3, weight_decay: float = 0.05, label_smoothing: float = 0.1,
-                    max_shift: float = 3.0, seed: int = 0, quiet: bool = False) -> Anchor:
+                    max_shift: float = 3.0, token_keep: float = 1.0, seed: int = 0, quiet: bool = False) -> Anchor:
     """Train ``Anchor(cfg)`` on normalised NCHW ``x`` and labels ``y``; returns it in eval mode."""
+    if not 0.0 < token_keep <= 1.0:
+        raise ValueError(f"token_keep must be in (0, 1], got {token_keep}")
     torch.manual_seed(seed)
     model = Anchor(cfg)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n]
@@ -53,14 +57,27 @@ def pretrain_anchor(cfg: AnchorConfig, x: torch.Tensor, y: torch.Tensor, *, epoc
                 for group in opt.param_groups:
                     group["lr"] = lr * (step + 1) / warm if step < warm else \
                         lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-                loss = F.cross_entropy(model(random_shift(x[idx], max_shift, g)), y[idx],
-                                       label_smoothing=label_smoothing)
+                xb = random_shift(x[idx], max_shift, g)
+                logits = model(xb) if token_keep >= 1.0 else forward_kept(model, xb, token_keep, g)
+                loss = F.cross_entropy(logits, y[idx], label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
                 bar.advance(f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.3f}")
     return model.eval()
+
+
+def forward_kept(model: Anchor, x: torch.Tensor, keep: float, g: torch.Generator) -> torch.Tensor:
+    """The anchor's forward on the cls token plus a random ``keep`` share of each image's patch tokens."""
+    h = model.forward_embed(x)                      # cls token first in both position conventions
+    n = h.shape[1] - 1
+    k = max(1, int(round(n * keep)))
+    idx = torch.rand(h.shape[0], n, generator=g).argsort(dim=1)[:, :k] + 1
+    h = torch.cat([h[:, :1], torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[2]))], dim=1)
+    for blk in model.blocks:
+        h = blk(h)
+    return model.forward_tail(h, final_norm=True)
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     stitch_init: str = "ls"                      # ls | keep
     init_batch: int = 100
+    token_keep: float = 1.0                      # < 1: each step runs a random share of the patch tokens
     eval_batch_size: int = 256
     quiet: bool = False
 
@@ -57,6 +58,8 @@ class TrainConfig:
                                     hint="give a positive integer")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"learning rate must be positive, got {self.lr}", hint="e.g. --lr 1e-3")
+        if not (0.0 < self.token_keep <= 1.0):
+            raise TrainingError(f"token keep must be in (0, 1], got {self.token_keep}", hint="e.g. --token-keep 0.5")
         if not 0.0 <= self.floor <= 1.0:
             raise TrainingError(f"floor must be between 0 and 1, got {self.floor}", hint="e.g. --floor 0.3")
         if self.stitch_init not in ("ls", "keep"):
@@ -133,7 +136,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr if lr is None else lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x, stitch_id), y)
+        loss = F.cross_entropy(model(x, stitch_id, keep_tokens=self._kept_tokens(x)), y)
         loss.backward()
         self.sampler.update(stitch_id, snip_score(self.groups.scored))
         row = model.space.index(stitch_id)
@@ -146,6 +149,18 @@ class Trainer:
                 t[row] = mine
         self.step_count += 1
         return float(loss.detach())
+
+
+    def _kept_tokens(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Random patch tokens to keep this step (PatchDropout), seeded by (seed, step) so a resume matches."""
+        keep = self.config.token_keep
+        if keep >= 1.0:
+            return None
+        cfg = self.model.spec.anchors[0]
+        n = cfg.num_patches
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step_count)
+        k = max(1, int(round(n * keep)))
+        return torch.rand(x.shape[0], n, generator=g).argsort(dim=1)[:, :k] + 1
 
 
 @torch.no_grad()
@@ -240,7 +255,7 @@ def training_record(model: Supernet, trainer: Trainer, data: DataSplits, config:
         "method": "esta",
         "dataset": data.summary(),
         "seed": config.seed, "epochs": config.epochs, "steps": steps, "batch_size": config.batch_size,
-        "lr": config.lr, "metric": "top1",
+        "lr": config.lr, "metric": "top1", "token_keep": config.token_keep,
         "accuracy": accuracy,
         "importance": trainer.sampler.importance(),
         "draws": {str(sid): int(c) for sid, c in zip(trainer.sampler.ids, trainer.sampler.draws)},
