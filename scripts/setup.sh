@@ -45,5 +45,8 @@ else
         --extra-index-url https://pypi.org/simple
   fi
   python -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e "$_root[$EXTRAS]"
+  # timm is the tests' reference for ViT anchors (tests/test_stitch.py), installed without its
+  # dependencies: its torchvision is a CUDA build that does not load beside CPU torch (tests/timm_shim.py).
+  case ",$EXTRAS," in *,dev,*) python -m pip install -q --no-deps ${CONSTRAINTS:+-c "$CONSTRAINTS"} "timm>=1.0" ;; esac
   echo "$want" > "$stamp"
 fi
