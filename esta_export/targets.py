@@ -146,6 +146,8 @@ class Target:
     layernorm: str
     device: Device
     verified_on_hardware: bool | str = False  # False, or where tests ran on the device
+    # Correctness checked somewhere other than the device (e.g. emulated aarch64): never a latency.
+    functional_check: str = ""
     transfers_included: bool = False
     ort_optimization: str = "basic"
     runtime: Runtime = field(default_factory=Runtime)

@@ -38,6 +38,7 @@ class TargetsCommand:
             "verified_on_hardware": bool(ran[t.name]["ran_on"]),
             "where_ran": ran[t.name]["summary"], "records": ran[t.name]["records"],
             "target_file_claim": t.verified_on_hardware,
+            "functional_check": t.functional_check or None,
             "description": t.description, "file": t.source,
         } for t in targets]
         if args.json:
@@ -45,7 +46,9 @@ class TargetsCommand:
             return 0
         cols = ("name", "device", "backend", "precision", "installed", "where it really ran")
         table = [(r["name"], r["device"], r["backend"], r["precision"],
-                  "yes" if r["backend_installed"] else "no", r["where_ran"]) for r in rows]
+                  "yes" if r["backend_installed"] else "no",
+                  r["where_ran"] + (f"; functionally verified on {r['functional_check']}"
+                                    if r["functional_check"] else "")) for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
         for row in (cols, *table):
             print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
