@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esta_export.backends import get_backend, trt_build
+from esta_export.backends import get_backend
+from esta_export.runtime import gates
+from esta_export.runtime.tensorrt import device, runner, validation
 from esta_export.backends.tensorrt import (build_plan, capabilities, on_target_device,
                                            parse_trtexec_times, trtexec_command)
 from esta_export.errors import BackendUnavailableError, CompileError, ProfileError
@@ -113,11 +115,11 @@ def test_parse_trtexec_times_old_names_and_errors(tmp_path):
 def test_engine_key_refuses_other_setups():
     plan = _plan("jetson-orin")
     fp = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": "R36.4"}
-    key = trt_build.engine_key(plan, "ab" * 32, fp)
-    assert trt_build.check_plan_key(key, key) == []
-    other = trt_build.engine_key(plan, "ab" * 32, dict(fp, tensorrt="8.5.2", gpu="RTX 4090"))
-    assert set(trt_build.check_plan_key(key, other)) == {"tensorrt", "gpu"}
-    assert trt_build.check_plan_key(key, trt_build.engine_key(plan, "cd" * 32, fp)) == ["onnx_sha256"]
+    key = device.engine_key(plan, "ab" * 32, fp)
+    assert device.stale_fields(key, key) == []
+    other = device.engine_key(plan, "ab" * 32, dict(fp, tensorrt="8.5.2", gpu="RTX 4090"))
+    assert set(device.stale_fields(key, other)) == {"tensorrt", "gpu"}
+    assert device.stale_fields(key, device.engine_key(plan, "cd" * 32, fp)) == ["onnx_sha256"]
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT installed: the kit path is not taken")
@@ -134,18 +136,27 @@ def test_off_device_compile_writes_a_kit(tmp_path):
     plan = json.loads((d / "build_plan.json").read_text())
     assert plan["timing_cache"] == "../timing.cache" and plan["profile"]["pixels"]["max"][0] == 8
     files = b.finalize(tmp_path / "out", t, [{"id": 0, "dir": "stitch_000"}])
-    assert set(files) == {"kit.json", "build_engines.py", "trtexec.sh", "README_DEVICE.md"}
+    assert set(files) == {"kit.json", "build_engines.py", "esta_runtime", "trtexec.sh", "README_DEVICE.md"}
     out = tmp_path / "out"
     kit = json.loads((out / "kit.json").read_text())
     assert kit["tensorrt_planned"] == "10.3" and kit["plans"][0]["onnx"] == "stitch_000/model.onnx"
-    assert (out / "build_engines.py").read_bytes() == Path(trt_build.__file__).read_bytes()
+    # build_engines.py is a launcher for the runtime's TensorRT package, shipped next to it as is
+    import esta_export.runtime.tensorrt.kit as kit_module
+    launcher = (out / "build_engines.py").read_text()
+    assert "from esta_runtime.tensorrt.kit import main" in launcher and len(launcher.splitlines()) < 25
+    assert (out / "esta_runtime" / "tensorrt" / "kit.py").read_bytes() == Path(kit_module.__file__).read_bytes()
+    assert (out / "esta_runtime" / "gates.py").is_file()
+    assert kit["plans"][0]["weights"] == "stripped" and "--stripWeights" in (out / "trtexec.sh").read_text()
     readme = (out / "README_DEVICE.md").read_text()
     assert "steps must run there" in readme and "nvpmodel -m 0" in readme and "NOT build" in readme
     assert "--saveEngine=stitch_000/model.plan" in (out / "trtexec.sh").read_text()
-    # The standalone script runs without esta-export on the path and says what is missing.
-    r = subprocess.run([sys.executable, "-S", str(out / "build_engines.py"), str(out / "kit.json")],
+    # The launcher runs the kit's own runtime copy (not esta-export) and says what is missing.
+    (out / "esta_runtime" / "tensorrt" / "marker.py").write_text("print('the kit copy ran')\n")
+    with open(out / "esta_runtime" / "tensorrt" / "kit.py", "a") as f:
+        f.write("\nfrom . import marker  # noqa\n")
+    r = subprocess.run([sys.executable, "-I", str(out / "build_engines.py"), str(out / "kit.json")],
                        capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 2 and "python3-libnvinfer" in r.stderr
+    assert r.returncode == 2 and "python3-libnvinfer" in r.stderr and "the kit copy ran" in r.stdout
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
         b.load(d / "model.plan", t)
 
@@ -194,7 +205,7 @@ def test_dla_layer_report_on_jetson(tmp_path):
     assert art.info["engine"]["layers"]["layers"] > 0
 
 
-# ---- on-device validation gates (plain numpy copy in trt_build vs esta_export.validate) -------
+# ---- on-device validation gates (the runtime's gate, and validate.py as its adapter) ----------
 def _gate_cases():
     rng = np.random.default_rng(7)
     ref = rng.standard_normal((32, 10)).astype(np.float32)
@@ -216,11 +227,22 @@ def _gate_cases():
     }
 
 
+def _expected_pass(precision, case, th):
+    """The verdicts worked out by hand, so the gate is checked against something it did not compute."""
+    if case in ("nan", "zero rows"):
+        return False
+    if case == "identical":
+        return True
+    if case == "large noise":
+        return False if precision in ("fp32", "fp16", "bf16") else None
+    return None  # the rest depend on the thresholds: the figure-for-figure equality checks them
+
+
 @pytest.mark.parametrize("case", list(_gate_cases()))
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
 def test_device_gate_gives_validate_py_verdicts(case, precision):
-    """build_engines.py gates engines with its own numpy copy of the tier-3 gate: it must agree
-    with esta_export.validate figure for figure and verdict for verdict."""
+    """build_engines.py gates engines with the runtime's gate; validate.py adapts the same code to
+    the host's typed thresholds: figure for figure and verdict for verdict the same."""
     from dataclasses import asdict
 
     from esta_export import validate
@@ -230,10 +252,12 @@ def test_device_gate_gives_validate_py_verdicts(case, precision):
     for th in (Thresholds(), Thresholds(fp16_min_cosine=0.9999, int8_min_top1_agreement=0.95,
                                         max_accuracy_drop=0.2, fp32_max_rel_error=1e-2)):
         want = validate.validate(precision, out, ref, th, labels)
-        got = trt_build.gate(precision, trt_build.compare_logits(out, ref, labels), asdict(th))
+        got = gates.gate(precision, gates.compare_logits(out, ref, labels), asdict(th))
         assert got == want
+        if _expected_pass(precision, case, th) is not None:
+            assert got["passed"] == _expected_pass(precision, case, th)
         if not want["passed"]:
-            assert trt_build.describe_failure(got) == validate.describe_failure(want)
+            assert gates.describe_failure(got) == validate.describe_failure(want)
 
 
 def test_device_gate_defaults_are_the_targets_defaults():
@@ -241,15 +265,19 @@ def test_device_gate_defaults_are_the_targets_defaults():
 
     from esta_export.targets import Thresholds
 
-    assert trt_build.DEFAULT_THRESHOLDS == asdict(Thresholds())
+    assert gates.DEFAULT_THRESHOLDS == asdict(Thresholds())
 
 
 def test_device_gate_refuses_a_wrong_shape_and_an_unknown_precision():
     ref = np.zeros((4, 10), np.float32)
-    v = trt_build.gate("fp16", trt_build.compare_logits(np.zeros((4, 9)), ref))
-    assert v["passed"] is False and v["metric"] == "shape" and "differs" in trt_build.describe_failure(v)
+    v = gates.gate("fp16", gates.compare_logits(np.zeros((4, 9)), ref))
+    assert v["passed"] is False and v["metric"] == "shape" and "differs" in gates.describe_failure(v)
     with pytest.raises(ValueError):
-        trt_build.gate("fp8", trt_build.compare_logits(ref, ref))
+        gates.gate("fp8", gates.compare_logits(ref, ref))
+    from esta_export import validate
+    from esta_export.errors import ValidationError
+    with pytest.raises(ValidationError, match="differs from the reference"):
+        validate.compare(np.zeros((4, 9)), ref)
 
 
 def test_device_thresholds_and_reference_from_a_compile_folder(tmp_path):
@@ -257,16 +285,16 @@ def test_device_thresholds_and_reference_from_a_compile_folder(tmp_path):
     the target's from compile.json and the reference next to kit.json."""
     (tmp_path / "compile.json").write_text(json.dumps(
         {"target_spec": {"validation": {"fp16_min_cosine": 0.99}}}))
-    th, source = trt_build.kit_thresholds(tmp_path, {})
+    th, source = validation.kit_thresholds(tmp_path, {})
     assert th["fp16_min_cosine"] == 0.99 and th["int8_min_top1_agreement"] == 0.90
     assert source == "compile.json target"
-    assert trt_build.kit_thresholds(tmp_path, {"thresholds": {"fp16_min_cosine": 0.5}})[0][
+    assert validation.kit_thresholds(tmp_path, {"thresholds": {"fp16_min_cosine": 0.5}})[0][
         "fp16_min_cosine"] == 0.5
-    assert trt_build.kit_thresholds(tmp_path / "none", {})[1] == "esta-export defaults"
-    assert trt_build.load_reference(tmp_path, {}) is None
+    assert validation.kit_thresholds(tmp_path / "none", {})[1] == "esta-export defaults"
+    assert validation.load_reference(tmp_path, {}) is None
     x = np.ones((3, 3, 8, 8), np.float32)
     np.savez(tmp_path / "reference.npz", x=x, ref_0=np.ones((3, 10)), ref_12=np.zeros((3, 10)))
-    ref = trt_build.load_reference(tmp_path, {})
+    ref = validation.load_reference(tmp_path, {})
     assert sorted(ref["refs"]) == [0, 12] and ref["y"] is None and ref["x"].shape == (3, 3, 8, 8)
 
 
@@ -276,10 +304,10 @@ def test_engine_without_reference_is_not_validated(tmp_path):
     (tmp_path / "e.plan").write_bytes(b"not an engine")
     plan = {"id": 3, "engine": "e.plan", "precision": "fp16",
             "profile": {"pixels": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [8, 3, 8, 8]}}}
-    v = trt_build.validate_engine(plan, tmp_path, None, trt_build.DEFAULT_THRESHOLDS)
+    v = validation.validate_engine(plan, tmp_path, None, gates.DEFAULT_THRESHOLDS)
     assert v["passed"] is None and "no fp32 reference" in v["reason"]
-    assert trt_build.describe_failure(v).startswith("not validated")
-    assert trt_build.max_batch(plan) == 8
+    assert gates.describe_failure(v).startswith("not validated")
+    assert runner.max_batch(plan) == 8
 
 
 @pytest.mark.tensorrt
@@ -298,9 +326,11 @@ def test_build_engines_validates_against_reference_on_gpu(tmp_path):
     x = calibration(16)
     ref = ort.InferenceSession(str(onnx_path)).run(None, {"pixels": x})[0]
     np.savez(out / "reference.npz", x=x, ref_0=ref)
-    assert trt_build.main([str(out / "kit.json")]) == 0
+    from esta_export.runtime.tensorrt.kit import main as build_main
+
+    assert build_main([str(out / "kit.json")]) == 0
     meta = json.loads((out / "stitch_000" / "model.plan.json").read_text())
     assert meta["validation"]["passed"] is True and meta["validation"]["metric"] == "cosine_min"
     summary = json.loads((out / "validation.json").read_text())
     assert summary["ok"] == 1 and summary["failed"] == 0
-    assert trt_build.main([str(out / "kit.json"), "--check"]) == 0
+    assert build_main([str(out / "kit.json"), "--check"]) == 0

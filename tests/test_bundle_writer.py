@@ -157,8 +157,12 @@ def test_tensorrt_bundle_carries_build_kit(tmp_path):
     assert "models/stitch_000.onnx" in (b / "trtexec.sh").read_text()
     assert all(s["engine"] == {"path": f"engines/stitch_{s['id']:03d}.plan", "built": False} for s in m["stitches"])
     assert "not verified on hardware" in (b / "README.md").read_text()
-    status = Bundle.open(b).engine_status(found={"tensorrt_version": trt["version"], "gpu": trt["gpu"]})
-    assert set(status.values()) == {"not built"}
+    status = Bundle.open(b).engine_status(found={"tensorrt": "10.3.0", "gpu": "Orin",
+                                                 "compute_capability": "8.7"})
+    assert set(status) == {s["id"] for s in m["stitches"]}
+    assert all(v == f"stitch {sid}: not built" for sid, v in status.items())
+    assert (b / "esta_runtime" / "tensorrt" / "kit.py").is_file()  # what build_engines.py launches
+    assert trt["engines"]["0"]["weights"] == "stripped" and all(p["weights"] == "stripped" for p in kit["plans"])
     # build_engines.py validates each engine on the device: the bundle carries the reference
     # inputs, the fp32 logits of every bundled stitch and the target's gates
     assert kit["reference"] == "reference.npz" and kit["thresholds"]["fp16_min_cosine"] == 0.999

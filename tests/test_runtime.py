@@ -16,7 +16,6 @@ from esta_export.bundle.testing import make_family
 from esta_export.bundle.writer import write_bundle
 from esta_export.runtime import (Bundle, BundleError, EngineMismatchError, IntegrityError,
                                  NoStitchFitsError, preprocess)
-from esta_export.runtime.tensorrt_check import check_plan
 
 
 @pytest.fixture(scope="module")
@@ -182,29 +181,11 @@ def test_preprocess_rejects_bad_images():
 
 
 def test_runtime_imports_without_torch_or_onnx():
-    code = ("import sys, esta_export.runtime as r, esta_export.runtime.profiler, esta_export.runtime.tensorrt_check; "
+    code = ("import sys, esta_export.runtime as r, esta_export.runtime.profiler, esta_export.runtime.tensorrt.check, esta_export.runtime.tensorrt.kit, esta_export.runtime.tensorrt.session, esta_export.runtime.tensorrt.refit; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','onnx','onnxruntime','onnxscript')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__('pathlib').Path(__file__).parents[1]))
     assert out.stdout.strip() == "[]"
-
-
-def test_tensorrt_plan_check(tmp_path):
-    plan = tmp_path / "stitch_001.plan"
-    plan.write_bytes(b"engine")
-    here = {"tensorrt_version": "10.3.0", "gpu": "Orin"}
-    with pytest.raises(EngineMismatchError, match="no build record"):
-        check_plan(plan, found=here)
-    (tmp_path / "stitch_001.plan.json").write_text(json.dumps({"tensorrt_version": "10.3.0.30", "gpu": "Orin"}))
-    check_plan(plan, expected={"version": "10.3.0", "gpu": "Orin"}, found=here)
-    with pytest.raises(EngineMismatchError, match="TensorRT 10.3.0.30 built with, but TensorRT 8.6.2"):
-        check_plan(plan, found={"tensorrt_version": "8.6.2", "gpu": "Orin"})
-    with pytest.raises(EngineMismatchError, match="GPU 'Orin' built with"):
-        check_plan(plan, found={"tensorrt_version": "10.3.0", "gpu": "NVIDIA H200"})
-    with pytest.raises(EngineMismatchError, match="expected by the bundle"):
-        check_plan(plan, expected={"version": "10.4.0"}, found=here)
-    with pytest.raises(EngineMismatchError, match="not importable"):
-        check_plan(plan, found={"tensorrt_version": None, "gpu": None})
 
 
 def test_open_errors(tmp_path):
@@ -212,26 +193,6 @@ def test_open_errors(tmp_path):
         Bundle.open(tmp_path / "nope")
     with pytest.raises(BundleError, match="no manifest.json"):
         Bundle.open(tmp_path)
-
-
-def test_engine_status_refuses_plans_from_another_setup(copy):
-    m = json.loads((copy / "manifest.json").read_text())
-    m["target"]["tensorrt"] = {"version": "10.3", "gpu": "NVIDIA Jetson AGX Orin 64GB"}
-    for s in m["stitches"]:
-        s["engine"] = {"path": f"engines/stitch_{s['id']:03d}.plan", "built": False}
-    (copy / "manifest.json").write_text(json.dumps(m))
-    (copy / "engines").mkdir()
-    (copy / "engines" / "stitch_000.plan").write_bytes(b"plan")
-    (copy / "engines" / "stitch_000.plan.json").write_text(json.dumps(
-        {"key": {"tensorrt": "10.3.0", "gpu": "NVIDIA Jetson AGX Orin 64GB"}}))
-    (copy / "engines" / "stitch_001.plan").write_bytes(b"plan")
-    (copy / "engines" / "stitch_001.plan.json").write_text(json.dumps(
-        {"key": {"tensorrt": "8.6.2", "gpu": "NVIDIA Jetson AGX Orin 64GB"}}))
-    here = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA Jetson AGX Orin 64GB"}
-    status = Bundle.open(copy).engine_status(found=here)
-    assert status[0] == "ok" and status[2] == "not built" and "TensorRT 8.6.2 built with" in status[1]
-    other_gpu = Bundle.open(copy).engine_status(found={"tensorrt_version": "10.3.0", "gpu": "Orin Nano"})
-    assert "GPU" in other_gpu[0]
 
 
 def test_select_without_accuracies_falls_back_to_flops(copy):
@@ -309,9 +270,21 @@ def trt_copy(trt_bundle_dir, tmp_path):
     return dst
 
 
-def _fake_build_records(root, *, passed=True, onnx_sha=None, skip=()):
-    """Write the files build_engines.py leaves behind (plan bytes + .plan.json key and verdict)."""
+# What a Jetson AGX Orin devkit with JetPack 6.1 reports, each field from the source the runtime
+# reads it from (CUDA device properties, /etc/nv_tegra_release, /proc/device-tree/compatible):
+# none of them is the target's name "NVIDIA Jetson AGX Orin 64GB".
+AGX_ORIN = {"tensorrt": "10.3.0.30", "machine": "aarch64", "gpu": "Orin", "compute_capability": "8.7",
+            "l4t": "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64",
+            "module": "nvidia,p3737-0000+p3701-0005 nvidia,p3701-0005 nvidia,tegra234"}
+ORIN_NANO = dict(AGX_ORIN, module="nvidia,p3768-0000+p3767-0005 nvidia,p3767-0005 nvidia,tegra234")
+H200 = dict(AGX_ORIN, machine="x86_64", gpu="NVIDIA H200", compute_capability="9.0", l4t=None, module=None)
+
+
+def _fake_build_records(root, *, passed=True, onnx_sha=None, skip=(), fp=AGX_ORIN):
+    """Write the files build_engines.py leaves behind (plan bytes + .plan.json key and verdict),
+    the key made by the runtime's own engine_key from the fingerprint of the device it was built on."""
     from esta_export.runtime.integrity import sha256_file
+    from esta_export.runtime.tensorrt.device import engine_key
 
     kit = json.loads((root / "kit.json").read_text())
     (root / "engines").mkdir(exist_ok=True)
@@ -324,11 +297,9 @@ def _fake_build_records(root, *, passed=True, onnx_sha=None, skip=()):
         verdict = {"tier": 3, "precision": "fp16", "passed": ok, "metric": "cosine_min",
                    "value": 0.9999 if ok else 0.5, "threshold": 0.999,
                    "engine_sha256": sha256_file(engine)}
-        key = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": None,
-               "precision": plan["precision"], "profile": plan["profile"], "dla_core": plan.get("dla_core"),
-               "builder_optimization_level": plan.get("builder_optimization_level"),
-               "onnx_sha256": onnx_sha or sha256_file(root / plan["onnx"])}
-        (root / (plan["engine"] + ".json")).write_text(json.dumps({"key": key, "validation": verdict}))
+        key = engine_key(plan, onnx_sha or sha256_file(root / plan["onnx"]), fp)
+        (root / (plan["engine"] + ".json")).write_text(json.dumps({"key": key, "validation": verdict,
+                                                                    "weights": "full"}))
     return kit
 
 
@@ -339,7 +310,7 @@ def _profile_device(root, *args):
 
 
 def _one_line_refusal(proc, *needles):
-    from esta_export.runtime.tensorrt_check import NOT_READY
+    from esta_export.runtime.tensorrt.check import NOT_READY
 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -371,24 +342,53 @@ def test_tensorrt_profiler_refuses_an_unvalidated_or_swapped_engine(trt_copy):
 
 
 def test_tensorrt_profiler_refuses_a_stale_engine(trt_copy):
-    from esta_export.runtime.tensorrt_check import (EnginesNotReadyError, load_build_engines,
-                                                    ready_engines)
+    from esta_export.runtime.tensorrt.check import EnginesNotReadyError, ready_engines
 
     _fake_build_records(trt_copy, onnx_sha="0" * 64)
     _one_line_refusal(_profile_device(trt_copy), "built from another graph")
-    # built for another TensorRT / GPU: judged with the bundle's own build_engines.py key
+    # built for another TensorRT / GPU: the key against this device's fingerprint
     _fake_build_records(trt_copy)
     m = json.loads((trt_copy / "manifest.json").read_text())
-    be = load_build_engines(trt_copy)
-    here = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": None}
-    assert sorted(ready_engines(trt_copy, m, [0, 1], build_engines=be, fingerprint=here)) == [0, 1]
-    with pytest.raises(EnginesNotReadyError, match=r"stitch 0: built for another setup \(differs in: tensorrt, gpu\)"):
-        ready_engines(trt_copy, m, [0, 1], build_engines=be,
-                      fingerprint=dict(here, tensorrt="10.4.0", gpu="NVIDIA H200"))
+    assert sorted(ready_engines(trt_copy, m, [0, 1], fingerprint=AGX_ORIN)) == [0, 1]
+    with pytest.raises(EnginesNotReadyError, match=r"stitch 0: built for another setup \(differs in: tensorrt, gpu, "):
+        ready_engines(trt_copy, m, [0, 1], fingerprint=dict(H200, tensorrt="10.4.0"))
+
+
+def test_engine_status_compares_like_with_like(trt_copy):
+    """The bundle (real writer, target jetson-orin: "NVIDIA Jetson AGX Orin 64GB", TensorRT 10.3)
+    on the board it names accepts the engines built there, although no name the board reports is
+    the target's name; it refuses engines built on another board, GPU or TensorRT release, each
+    with a line naming what differs."""
+    from esta_export.runtime import Bundle
+
+    m = json.loads((trt_copy / "manifest.json").read_text())
+    expected = m["target"]["tensorrt"]
+    assert expected["gpu"] == "NVIDIA Jetson AGX Orin 64GB" and expected["compute_capability"] == "8.7"
+    assert expected["module"] == "p3701-0005" and expected["version"] == "10.3"
+    b = Bundle.open(trt_copy)
+    assert set(b.engine_status(found=AGX_ORIN).values()) == {
+        f"stitch {s['id']}: not built" for s in m["stitches"]}
+    _fake_build_records(trt_copy)  # built on this AGX Orin
+    assert set(b.engine_status(found=AGX_ORIN).values()) == {"ok"}
+    # the same engines seen from another device: its fingerprint is not the one in their keys
+    assert "differs in: gpu, compute_capability, l4t" in b.engine_status(found=H200)[0]
+    # engines built on an Orin Nano (their keys match it) are not what this bundle was made for
+    _fake_build_records(trt_copy, fp=ORIN_NANO)
+    assert "Jetson module p3701-0005 expected by the bundle" in b.engine_status(found=ORIN_NANO)[0]
+    _fake_build_records(trt_copy, fp=H200)
+    assert "compute capability 8.7 expected by the bundle, this GPU has 9.0" in b.engine_status(found=H200)[0]
+    newer = dict(AGX_ORIN, tensorrt="10.4.0.26")
+    _fake_build_records(trt_copy, fp=newer)
+    assert "TensorRT 10.3 expected by the bundle, 10.4.0.26 installed" in b.engine_status(found=newer)[0]
+    # and the runtime refuses what engine_status refuses (one check for both)
+    from esta_export.runtime.tensorrt.check import EnginesNotReadyError, ready_engines
+
+    with pytest.raises(EnginesNotReadyError, match="TensorRT 10.3 expected"):
+        ready_engines(trt_copy, m, [0], fingerprint=newer)
 
 
 def test_tensorrt_bundle_app_path_falls_back_to_onnxruntime_and_says_so(trt_copy):
-    from esta_export.runtime.tensorrt_check import EnginesNotReadyError
+    from esta_export.runtime.tensorrt.check import EnginesNotReadyError
 
     b = Bundle.open(trt_copy)
     assert b.engine == "onnxruntime" and "not its TensorRT engines" in b.engine_note

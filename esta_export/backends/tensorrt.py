@@ -4,16 +4,21 @@ TensorRT plans run only with the TensorRT build that made them, on the GPU archi
 were built for. So:
 
 - on the target device (TensorRT importable, and for Jetson targets the board's module matches),
-  ``compile`` builds the engine in-process with :mod:`trt_build` (the same file the kit ships);
+  ``compile`` builds the engine in-process with :mod:`esta_export.runtime.tensorrt.build`;
 - anywhere else, ``compile`` prepares the stitch (a portable copy of the ONNX graph, INT8 as
   explicit Q/DQ quantized here, and its build plan) and ``finalize`` writes the kit: ``kit.json``,
-  ``build_engines.py`` (a verbatim copy of :mod:`trt_build`, needs only tensorrt + numpy),
+  ``build_engines.py`` (a launcher for the runtime's :mod:`esta_export.runtime.tensorrt.kit`,
+  shipped next to it as ``esta_runtime/``; needs only tensorrt, cuda-python and numpy),
   ``trtexec.sh`` with one command line per stitch, and ``README_DEVICE.md`` saying which steps
   run on the device. ``CompiledArtifact.built`` is then False and compile.json says
   ``"engines_built": false, "device_build_required": true``.
 
-Version differences live in :data:`CAPABILITIES`. NOT verified on hardware: TensorRT cannot be
-installed where this was written; everything that runs without it is tested.
+Device-side TensorRT code (build, refit, runner, validation, the capability table) is the
+runtime's ``tensorrt`` package; this file plans and writes kits. Engines are planned
+weight-stripped (``"weights": "stripped"``) where the capability table allows it (TensorRT 10),
+so a bundle stores the family's weights once; full engines otherwise, and the plan says why.
+NOT verified on hardware: TensorRT cannot be installed where this was written; everything that
+runs without it is tested.
 """
 
 from __future__ import annotations
@@ -32,40 +37,46 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, CompileError, ProfileError
 from ..fsutil import atomic_write_json, atomic_write_text, sha256_file
+from ..runtime.tensorrt.capabilities import CAPABILITIES  # noqa: F401 - the table, re-exported
+from ..runtime.tensorrt.capabilities import UnsupportedTensorRT
+from ..runtime.tensorrt.capabilities import capabilities as _capabilities
+from ..runtime.tensorrt.device import is_jetson, module_matches
 from ..targets import Target
 from . import register
 from .base import Backend, CompiledArtifact, Runner
 
-# One row per TensorRT release whose behaviour differs; a version uses the newest row <= it.
-CAPABILITIES: dict[tuple[int, int], dict[str, Any]] = {
-    (8, 5): {"explicit_batch_flag": True, "builder_optimization_level": False,
-             "strongly_typed": False, "strip_plan": False, "weight_streaming": False,
-             "int8_calibrator": "supported", "layernorm_op": False, "max_opset": 16,
-             "execute_async_v3": True, "build_engine_api": True},
-    (8, 6): {"explicit_batch_flag": True, "builder_optimization_level": True,
-             "strongly_typed": False, "strip_plan": False, "weight_streaming": False,
-             "int8_calibrator": "supported", "layernorm_op": True, "max_opset": 17,
-             "execute_async_v3": True, "build_engine_api": True},
-    (10, 0): {"explicit_batch_flag": False, "builder_optimization_level": True,
-              "strongly_typed": True, "strip_plan": True, "weight_streaming": True,
-              "int8_calibrator": "supported", "layernorm_op": True, "max_opset": 20,
-              "execute_async_v3": True, "build_engine_api": False},
-    (10, 1): {"explicit_batch_flag": False, "builder_optimization_level": True,
-              "strongly_typed": True, "strip_plan": True, "weight_streaming": True,
-              "int8_calibrator": "deprecated", "layernorm_op": True, "max_opset": 20,
-              "execute_async_v3": True, "build_engine_api": False},
-}
 TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where JetPack installs it
+RUNTIME_DIR = "esta_runtime"               # the runtime package, shipped next to build_engines.py
+LAUNCHER = Path(__file__).resolve().parent.parent / "bundle" / "templates" / "build_engines.py"
+
+
+def write_launcher(out_dir: Path) -> None:
+    """``build_engines.py`` (a launcher) and the runtime package it runs, into ``out_dir``."""
+    from ..runtime.ship import copy_runtime
+
+    copy_runtime(Path(out_dir) / RUNTIME_DIR)
+    shutil.copyfile(LAUNCHER, Path(out_dir) / ".build_engines.py.tmp")
+    os.replace(Path(out_dir) / ".build_engines.py.tmp", Path(out_dir) / "build_engines.py")
 TIMING_CACHE = "timing.cache"              # at the kit root, shared by every stitch
 
 
 def capabilities(version: str) -> dict[str, Any]:
-    v = tuple(int(p) for p in version.split(".")[:2])
-    keys = [k for k in sorted(CAPABILITIES) if k <= v]
-    if not keys:
-        raise BackendUnavailableError(f"TensorRT {version} is older than 8.5",
-                                      hint="use JetPack 5.1 or newer (TensorRT 8.5+)")
-    return dict(CAPABILITIES[keys[-1]])
+    """The capability table's row for ``version`` (the table lives in the runtime)."""
+    try:
+        return _capabilities(version)
+    except UnsupportedTensorRT as err:
+        raise BackendUnavailableError(str(err), hint="use JetPack 5.1 or newer (TensorRT 8.5+)") from None
+
+
+def weights_plan(target: Target, caps: dict[str, Any]) -> tuple[str, str | None]:
+    """Whether the target's engines are built weight-stripped, and why not where they are not."""
+    if not (caps["strip_plan"] and caps["refit_identical"]):
+        return "full", (f"TensorRT {planned_version(target)} has no weight-stripped plans "
+                        f"(STRIP_PLAN + REFIT_IDENTICAL from 10.0): each engine holds its weights")
+    if target.execution.dla_core is not None:
+        # [unchecked] TensorRT documents refit for GPU engines; DLA loadables keep their weights.
+        return "full", "DLA engines are built with their weights (refit is for GPU layers)"
+    return "stripped", None
 
 
 def planned_version(target: Target) -> str:
@@ -84,6 +95,7 @@ def build_plan(target: Target, precision: str, *, input_name: str, chw: tuple[in
     s = target.shapes
     lo, opt, hi = (s.batch_sizes[0],) * 3 if s.static else (s.batch_min, s.batch_opt, s.batch_max)
     ex = target.execution
+    weights, why_full = weights_plan(target, caps)
     return {
         "onnx": onnx, "engine": engine, "layer_info": layer_info, "timing_cache": TIMING_CACHE,
         "precision": precision,
@@ -95,6 +107,8 @@ def build_plan(target: Target, precision: str, *, input_name: str, chw: tuple[in
         "dla_core": ex.dla_core, "gpu_fallback": bool(ex.gpu_fallback),
         "builder_optimization_level": (ex.builder_optimization_level
                                        if caps["builder_optimization_level"] else None),
+        # "stripped": STRIP_PLAN + REFIT_IDENTICAL, refitted from the shared weights at load.
+        "weights": weights, "weights_full_reason": why_full,
         "tensorrt_planned": planned_version(target), "caps": caps,
     }
 
@@ -114,6 +128,8 @@ def trtexec_command(plan: dict[str, Any], times: str) -> list[str]:
         if plan["gpu_fallback"]:
             cmd.append("--allowGPUFallback")
     cmd.append(f"--memPoolSize=workspace:{plan['workspace_bytes'] >> 20}")
+    if plan.get("weights") == "stripped":
+        cmd.append("--stripWeights")  # TensorRT 10 trtexec: STRIP_PLAN with identical-weight refit
     if plan["builder_optimization_level"] is not None:
         cmd.append(f"--builderOptimizationLevel={plan['builder_optimization_level']}")
     cmd += [f"--timingCacheFile={plan['timing_cache']}", f"--exportTimes={times}",
@@ -173,15 +189,15 @@ def on_target_device(target: Target) -> tuple[bool, str]:
     """Whether engines for ``target`` can be built here, and why not."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, "TensorRT is not installed here"
-    is_jetson = os.path.exists("/etc/nv_tegra_release")
+    jetson = is_jetson()
     if target.device.kind == "jetson":
-        if not is_jetson:
+        if not jetson:
             return False, f"this machine is not a Jetson ({target.device.name} needed)"
         compat = Path("/proc/device-tree/compatible")
-        module = (target.device.module or "").split("-")[0]
-        if module and compat.exists() and module not in compat.read_bytes().decode(errors="replace"):
-            return False, f"this Jetson is not a {target.device.name} ({module})"
-    elif is_jetson:
+        found = compat.read_bytes().decode(errors="replace") if compat.exists() else None
+        if not module_matches(target.device.module, found):
+            return False, f"this Jetson is not a {target.device.name} ({target.device.module})"
+    elif jetson:
         return False, f"target {target.name} is for a desktop/server GPU, this is a Jetson"
     return True, ""
 
@@ -253,9 +269,9 @@ class TensorRTBackend(Backend):
         files.append("build_plan.json")
         here, why = on_target_device(target)
         if here:
-            from . import trt_build
+            from ..runtime.tensorrt.build import build_engine
             try:
-                meta = trt_build.build_engine(plan, out_dir, log=lambda *_: None)
+                meta = build_engine(plan, out_dir, log=lambda *_: None)
             except RuntimeError as err:
                 raise CompileError(str(err), hint="see build_plan.json; try fp32 or no DLA") from None
             info["engine"] = meta
@@ -291,14 +307,12 @@ class TensorRTBackend(Backend):
                # What build_engines.py re-validates every engine against, with the target's gates.
                "reference": "reference.npz",
                "thresholds": dataclasses.asdict(target.validation)}
-        from . import trt_build
-        shutil.copyfile(trt_build.__file__, out_dir / ".build_engines.py.tmp")
-        os.replace(out_dir / ".build_engines.py.tmp", out_dir / "build_engines.py")
+        write_launcher(out_dir)
         atomic_write_text(out_dir / "trtexec.sh", "\n".join(lines) + "\n")
         os.chmod(out_dir / "trtexec.sh", 0o755)
         atomic_write_text(out_dir / "README_DEVICE.md", _readme(target, len(plans)))
         atomic_write_json(out_dir / "kit.json", kit)
-        return ["kit.json", "build_engines.py", "trtexec.sh", "README_DEVICE.md"]
+        return ["kit.json", "build_engines.py", RUNTIME_DIR, "trtexec.sh", "README_DEVICE.md"]
 
     def load(self, artifact_path: Path, target: Target) -> Runner:
         artifact_path = Path(artifact_path)
@@ -310,17 +324,20 @@ class TensorRTBackend(Backend):
         if not artifact_path.exists():
             raise BackendUnavailableError(f"engine {artifact_path} has not been built",
                                           hint="run build_engines.py on the device first")
-        from . import trt_build
+        from ..runtime.tensorrt.device import engine_key, fingerprint, stale_fields
+        from ..runtime.tensorrt.validation import open_engine
+
         meta = json.loads(Path(str(artifact_path) + ".json").read_text())
         onnx_path = artifact_path.with_name("model.onnx")
         plan = json.loads(artifact_path.with_name("build_plan.json").read_text())
-        current = trt_build.engine_key(plan, sha256_file(onnx_path), trt_build.device_fingerprint())
-        stale = trt_build.check_plan_key(meta["key"], current)
+        stale = stale_fields(meta["key"], engine_key(plan, sha256_file(onnx_path), fingerprint()))
         if stale:
             raise BackendUnavailableError(f"engine {artifact_path} was built for another setup "
                                           f"(differs in: {', '.join(stale)})",
                                           hint="rebuild it on this device: build_engines.py --fresh")
-        return _TrtRunner(trt_build.TrtRunner(artifact_path), meta)
+        plan = dict(plan, engine=artifact_path.name, onnx=onnx_path.name)
+        runner, _ = open_engine(artifact_path.parent, plan, meta)  # refits a stripped engine
+        return _TrtRunner(runner, meta)
 
 
 class _TrtRunner(Runner):

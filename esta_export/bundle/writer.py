@@ -360,6 +360,9 @@ def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dic
         p["layer_info"] = f"engines/stitch_{sid:03d}.layers.json"
         p["timing_cache"] = "timing.cache"
         p["onnx_sha256"] = sha256_file(root / p["onnx"])
+        # A weight-stripped engine is refitted from the graph above, whose initializers point into
+        # the bundle's one shared weights file; by name from its index where the parser cannot.
+        p["shared_weights"] = {"index": "models/weights.json", "file": "models/weights.bin"}
         plans.append(p)
     if kit:
         kit.update(plans=plans, timing_cache="timing.cache")
@@ -390,11 +393,18 @@ def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dic
     version = kit.get("tensorrt_planned") or (runtime.get("tensorrt") if isinstance(runtime, dict) else None)
     if not version and isinstance(runtime, dict) and runtime.get("runtime") == "tensorrt":
         version = runtime.get("version")
+    device = (compiled.get("target_spec") or {}).get("device") or {}
+    # What the device must be: compared with the runtime's fingerprint by TensorRT release, compute
+    # capability and module family (tensorrt.device.expectation_problems); "gpu" is the target's
+    # name for people, never compared with the CUDA device name.
     return {"version": version, "gpu": kit.get("device") or compiled.get("gpu"),
+            "compute_capability": device.get("compute_capability"),
             "module": kit.get("module"), "jetpack": kit.get("jetpack"), "l4t": kit.get("l4t"),
+            "engines": {str(p["id"]): {"weights": p.get("weights", "full"),
+                                       "why_full": p.get("weights_full_reason")} for p in plans},
             "kit": "kit.json" if kit else None, "timing_cache": "timing.cache",
             "note": "engines are built on the device (python3 build_engines.py kit.json); a plan built "
-                    "for another TensorRT version or GPU is refused (esta_runtime.tensorrt_check)"}
+                    "for another TensorRT version or GPU is refused (esta_runtime.tensorrt.check)"}
 
 
 def _int8_reference(root: Path, compiled: dict, compiled_dir: Path, ids: list[int],
@@ -451,11 +461,9 @@ None of this has been verified on hardware.
 
 
 def _copy_runtime(root: Path) -> None:
-    src = Path(__file__).resolve().parent.parent / "runtime"
-    dst = root / RUNTIME_DIR
-    dst.mkdir()
-    for path in sorted(src.glob("*.py")):
-        shutil.copy2(path, dst / path.name)
+    from ..runtime.ship import copy_runtime
+
+    copy_runtime(root / RUNTIME_DIR)  # with its tensorrt/ package, as it is
     for name in ("app.py", "profile_device.py"):
         shutil.copy2(TEMPLATES / name, root / name)
 
@@ -482,7 +490,7 @@ def _write_docs(root: Path, manifest: dict) -> None:
                         f"the engines into `engines/` with `python3 build_engines.py kit.json` (or `sh trtexec.sh`) "
                         f"on the device. Planned for TensorRT {trt.get('version')} on {trt.get('gpu')}; timing "
                         f"cache `{trt.get('timing_cache')}`. A plan built for another TensorRT version or GPU is "
-                        f"refused (`esta_runtime.tensorrt_check`), and so is one that failed validation "
+                        f"refused (`esta_runtime.tensorrt.check`), and so is one that failed validation "
                         f"against `reference.npz` (see README_DEVICE.md). Once they are built and valid, "
                         f"`app.py` and `profile_device.py` run the engines; until then `app.py` runs the "
                         f"ONNX graphs with ONNX Runtime (and says so) and `profile_device.py` refuses. "

@@ -134,7 +134,7 @@ class Bundle:
         return b
 
     def _choose_engine(self, engine: str) -> None:
-        from .tensorrt_check import EnginesNotReadyError, load_build_engines, ready_engines
+        from .tensorrt.check import EnginesNotReadyError, ready_engines
 
         if engine not in ("auto", "onnxruntime", "tensorrt"):
             raise BundleError(f"engine={engine!r} is not 'auto', 'onnxruntime' or 'tensorrt'")
@@ -151,7 +151,6 @@ class Bundle:
                               hint="open it with engine='auto' or 'onnxruntime'")
         try:
             self._engines = ready_engines(self.root, self.manifest, list(self._entries))
-            self._build_engines = load_build_engines(self.root)
         except EnginesNotReadyError as err:
             if engine == "tensorrt":
                 raise
@@ -250,9 +249,9 @@ class Bundle:
 
     def _create_session(self, entry: dict):
         if self.engine == "tensorrt":
-            from .tensorrt_check import EngineSession
+            from .tensorrt.session import open_session
 
-            return EngineSession(self._build_engines, self._engines[int(entry["id"])])
+            return open_session(self.root, self._engines[int(entry["id"])])
         art = entry["artifact"]
         if art.get("format", "onnx") != "onnx":
             raise BundleError(f"stitch {entry['id']} is a {art['format']} artifact; this runtime runs "
@@ -327,30 +326,17 @@ class Bundle:
         return session.run(None, {name: x})[0]
 
     def engine_status(self, found: dict | None = None) -> dict[int, str]:
-        """TensorRT bundles: per stitch "ok", "not built", or why its plan is refused here.
+        """TensorRT bundles: per stitch "ok" or the one line saying why its engine is not used here
+        (the check the runtime makes before running engines, see ``tensorrt.check``).
 
-        ``found`` describes this device ({"tensorrt_version", "gpu"}); read from it by default.
+        ``found`` is this device's fingerprint (``tensorrt.device.fingerprint``); read by default.
         """
-        from .errors import EngineMismatchError
-        from .tensorrt_check import check_plan, found_environment
+        from .tensorrt.check import engine_problems
 
-        expected = (self.manifest.get("target") or {}).get("tensorrt")
-        found = found if found is not None else found_environment()
-        status = {}
-        for sid, entry in self._entries.items():
-            engine = entry.get("engine")
-            if not engine:
-                continue
-            path = resolve_inside(self.root, engine["path"])
-            if not path.is_file():
-                status[sid] = "not built"
-                continue
-            try:
-                check_plan(path, expected, found)
-                status[sid] = "ok"
-            except EngineMismatchError as err:
-                status[sid] = str(err)
-        return status
+        if not any(e.get("engine") for e in self._entries.values()):
+            return {}
+        ready, problems = engine_problems(self.root, self.manifest, list(self._entries), fp=found)
+        return {sid: "ok" if sid in ready else problems[sid] for sid in sorted(self._entries)}
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         return _preprocess(image, self.input_spec)

@@ -56,15 +56,18 @@ class _SessionRunner:
 
 def _tensorrt_provenance(bundle, ids) -> dict:
     """What a TensorRT record must say: runtime version, GPU, engine key and validation verdict."""
-    be = bundle._build_engines
-    fp = be.device_fingerprint()
+    from .tensorrt.device import fingerprint
+    from .tensorrt.runner import max_batch
+
+    fp = fingerprint()
     per = {}
     for sid in ids:
         meta = bundle._engines[sid]["meta"]
         v = meta.get("validation") or {}
         per[sid] = {"engine_sha256": meta.get("plan_sha256"), "engine_key": meta.get("key"),
                     "precision": bundle._engines[sid]["plan"].get("precision"),
-                    "max_batch": int(be.max_batch(bundle._engines[sid]["plan"])),
+                    "max_batch": max_batch(bundle._engines[sid]["plan"]),
+                    "weights": meta.get("weights", "full"),
                     "validation": {k: v.get(k) for k in ("metric", "value", "threshold", "passed",
                                                          "samples", "validated")}}
     return {"fingerprint": fp, "stitches": per}
