@@ -15,6 +15,7 @@ import numpy as np
 
 from .cpu import int8_problem
 from .errors import BundleError, IntegrityError
+from .gates import compare_logits, gate
 from .integrity import resolve_inside, sha256_file
 
 DEFAULT_MIN_TOP1 = 0.90
@@ -67,22 +68,19 @@ def check_int8(root: Path, manifest: dict, entry: dict, run, features: dict, *,
     expected = np.asarray(ref[key], dtype=np.float32)
     out = np.concatenate([np.asarray(run(x[i:i + batch]), dtype=np.float32)
                           for i in range(0, len(x), batch)])
-    gates = (manifest.get("reference") or {}).get("thresholds") or {}
-    min_top1 = float(gates.get("int8_min_top1_agreement", DEFAULT_MIN_TOP1))
-    max_drop = float(gates.get("max_accuracy_drop", DEFAULT_MAX_DROP))
-    finite = bool(np.all(np.isfinite(out)))
-    top1 = float(np.mean(out.argmax(1) == expected.argmax(1))) if finite else 0.0
+    th = {"int8_min_top1_agreement": DEFAULT_MIN_TOP1, "max_accuracy_drop": DEFAULT_MAX_DROP,
+          **((manifest.get("reference") or {}).get("thresholds") or {})}
+    v = gate("int8", compare_logits(out, expected, ref.get("y")), th)  # the one tier-3 gate
+    top1, min_top1 = v["top1_agreement"], float(th["int8_min_top1_agreement"])
     verdict = {"samples": int(len(x)), "top1_agreement": top1, "min_top1_agreement": min_top1,
                "problem": problem}
-    failed = None if finite else "outputs contain NaN or Inf"
-    if failed is None and top1 < min_top1:
-        failed = f"top-1 agreement {top1:.3g} < {min_top1:.3g}"
-    if failed is None and "y" in ref:
-        y = np.asarray(ref["y"]).reshape(-1)
-        drop = float(np.mean(expected.argmax(1) == y) - np.mean(out.argmax(1) == y))
-        verdict.update(accuracy_drop=drop, max_accuracy_drop=max_drop)
-        if drop > max_drop:
-            failed = f"accuracy drop {drop:.3g} > {max_drop:.3g}"
+    if "accuracy_drop" in v:
+        verdict.update(accuracy_drop=v["accuracy_drop"], max_accuracy_drop=float(th["max_accuracy_drop"]))
+    failed = None
+    if not v["passed"]:
+        failed = ("outputs contain NaN or Inf" if v["metric"] == "finite" else
+                  f"top-1 agreement {top1:.3g} < {min_top1:.3g}" if v["metric"] == "top1_agreement"
+                  else f"accuracy drop {v['value']:.3g} > {v['threshold']:.3g}")
     if failed:
         raise BundleError(f"int8 stitch {sid} refused: {problem}; re-validated on this CPU against "
                           f"{(manifest.get('reference') or {}).get('path')} ({len(x)} samples): {failed}",
