@@ -93,6 +93,7 @@ def _open(path: Path, device: Device) -> Bundle:
 
 def _gov(path, device, deadline=5.0, **kw) -> Governor:
     kw.setdefault("background", False)
+    kw.setdefault("warm", 1)
     return Governor(_open(path, device), deadline_ms=deadline, clock=device.clock, power_mode=None, **kw)
 
 
@@ -105,6 +106,13 @@ def test_front_order_and_start(bundle_dir):
     assert g.front == ORDER
     # most accurate stitch whose measured latency fits under up_at x deadline (0.7 x 5 = 3.5 ms)
     assert g.active == 3 and g.bundle.active.id == 3
+    assert set(g.bundle.loaded) == {2, 3, 4}  # warm=1: the neighbours
+
+
+def test_shared_weights_keep_the_whole_front_warm_by_default(bundle_dir):
+    dev = Device()
+    g = Governor(_open(bundle_dir, dev), deadline_ms=5.0, clock=dev.clock, background=False, power_mode=None)
+    assert g.bundle.share_weights and g.warm is None and g.bundle.loaded == sorted(ORDER)
 
 
 def test_steps_down_when_load_rises_and_then_holds(bundle_dir):

@@ -21,7 +21,8 @@ than every faster one) and moves along it:
   the switch is taken only if that prediction fits too; such calls are counted apart
   (``switch_in_calls``/``switch_in_misses``) and kept out of the window;
 - neighbours stay loaded (``warm`` stitches each side of the active one, loaded by a background
-  thread), so a switch is a pointer swap and memory is bounded by ``2 * warm + 1`` sessions.
+  thread), so a switch is a pointer swap and memory is bounded by ``2 * warm + 1`` sessions
+  (default: the whole front when the bundle shares its weights, where a session costs little).
 
 Thread-safe like :meth:`Bundle.run`: any number of threads may call :meth:`run`; the bookkeeping
 runs under a lock, inference outside it. ``clock`` (seconds, default ``time.perf_counter``) is
@@ -138,7 +139,7 @@ class Governor:
     window: latencies kept of the active stitch. down_at / up_at: fractions of the deadline at
     which to step down / up (``up_at < down_at``: hysteresis). hold: calls on a stitch before a
     step up (default: ``window``). warm: stitches kept loaded each side of the active one (None:
-    all). start: first stitch id (default: the most accurate predicted to fit under ``up_at``).
+    all; "auto": all when the bundle shares weights, else 1). start: first stitch id (default: the most accurate predicted to fit under ``up_at``).
     switch_in: "auto" (manifest ``latency.switch_in_ms``, measured here where absent), "measure"
     (always measure here), or "manifest" (absent means the same as a steady call).
     clock: seconds, monotonic. background: load neighbours in a thread (False: in the calling
@@ -148,7 +149,7 @@ class Governor:
 
     def __init__(self, bundle, deadline_ms: float, quantile: float = 0.95, *,
                  stitches: Iterable[int] | None = None, window: int = 32, down_at: float = 0.9,
-                 up_at: float = 0.7, hold: int | None = None, warm: int | None = 1,
+                 up_at: float = 0.7, hold: int | None = None, warm: int | str | None = "auto",
                  start: int | None = None, switch_in: str = "auto",
                  clock: Callable[[], float] = time.perf_counter, background: bool = True,
                  trace: int = 0, power_mode: str | None = "auto") -> None:
@@ -162,6 +163,12 @@ class Governor:
             raise BundleError(f"up_at={up_at} must be below down_at={down_at}",
                               hint="leave a gap between them (hysteresis), e.g. up_at=0.7, down_at=0.9")
         self.hold = self.window if hold is None else _check_int("hold", hold, 1)
+        if warm == "auto":
+            # With shared weights a loaded stitch costs its graph and activations only (the whole
+            # demo front: 1.2x the largest stitch's memory), and loading a neighbour while the
+            # stream runs takes CPU from it; private weights (TensorRT engines, OpenVINO) keep
+            # only the neighbours.
+            warm = None if getattr(bundle, "share_weights", False) else 1
         self.warm = None if warm is None else _check_int("warm", warm, 0)
         if switch_in not in ("auto", "measure", "manifest"):
             raise BundleError(f"switch_in={switch_in!r} is not 'auto', 'measure' or 'manifest'")
