@@ -18,6 +18,7 @@ from .. import __version__
 from ..errors import BundleError, InputError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from .manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, file_table, input_spec
+from .ir_pack import IrPacker
 from .repack import WeightPacker
 
 RUNTIME_DIR = "esta_runtime"
@@ -212,6 +213,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     models.mkdir()
     sel_entries = {int(s["id"]): s for s in (select or {}).get("stitches", [])}
     packer = WeightPacker(models / "weights.bin")
+    ir_packer = None
     device_build = bool(compiled.get("device_build_required"))
     stitches = []
     for sid in plan["include"]:
@@ -242,7 +244,10 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
                                  "source": onnx_rel}
             if src.suffix == ".plan":
                 entry["engine"] = _copy_engine(root, compiled_dir, art, sid)
-        else:  # other formats (OpenVINO IR, ...) are copied with their files as compiled
+        elif src.suffix == ".xml":  # OpenVINO IR: every IR points into one shared weights file
+            ir_packer = ir_packer or IrPacker(models / OV_WEIGHTS)
+            entry["artifact"] = _add_openvino_ir(root, compiled_dir, art, sid, ir_packer)
+        else:  # other formats are copied with their files as compiled
             rel_dir = f"models/stitch_{sid:03d}"
             for relf in art.get("files") or {art["path"]: None}:
                 (root / rel_dir / relf).parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +258,10 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
         stitches.append(entry)
     index = packer.close()
     atomic_write_text(models / "weights.json", json.dumps(index, separators=(",", ":")))
+    weights = {"file": "models/weights.bin", "index": "models/weights.json",
+               "unique_bytes": packer.unique_bytes, "tensors": len(index["tensors"])}
+    if ir_packer is not None:
+        weights = _openvino_weights(models, ir_packer, packer)
     from ..runtime.integrity import sha256_file
 
     reference = _reference(compiled, compiled_dir)
@@ -262,6 +271,10 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
             entry["bundle_check"] = _check_same_outputs(
                 compiled_dir / entry["artifact"]["source"], root / entry["artifact"]["path"], spec,
                 reference, entry["id"])
+        elif check_outputs and entry["artifact"]["format"] == "openvino-ir":
+            entry["bundle_check"] = _check_same_outputs_openvino(
+                compiled_dir / entry["artifact"]["source"], root / entry["artifact"]["path"],
+                root / entry["artifact"]["weights"], reference, entry["id"])
     tensorrt = None
     if device_build or compiled.get("backend") == "tensorrt":
         tensorrt = _copy_device_build(root, compiled, compiled_dir, plan)
@@ -278,8 +291,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "supernet": {k: export.get("supernet", {}).get(k) for k in ("sha256", "space", "source_format")},
         "target": target_info, "input": spec, "output": export.get("output"),
-        "weights": {"file": "models/weights.bin", "index": "models/weights.json",
-                    "unique_bytes": packer.unique_bytes, "tensors": len(index["tensors"])},
+        "weights": weights,
         "selection": {"source": selection_path.name if selection_path else None, "note": plan["note"],
                       "accuracy_source": (select or {}).get("accuracy_source")},
         "stitches": stitches, "excluded": plan["excluded"],
@@ -291,6 +303,74 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
     }
     _write_docs(root, manifest)
     return manifest
+
+
+# ---- OpenVINO IR ------------------------------------------------------------------------------
+OV_WEIGHTS = "openvino_weights.bin"
+
+
+def _add_openvino_ir(root: Path, compiled_dir: Path, art: dict, sid: int, ir_packer: IrPacker) -> dict:
+    """``models/stitch_<id>.xml`` pointing into the shared ``models/openvino_weights.bin``, with
+    the settings the runtime must compile it with (device, pinned inference precision)."""
+    src = compiled_dir / art["path"]
+    rel = f"models/stitch_{sid:03d}.xml"
+    ir_packer.add_ir(sid, src, src.with_suffix(".bin"), root / rel)
+    info = art.get("info") or {}
+    return {"format": "openvino-ir", "path": rel, "weights": f"models/{OV_WEIGHTS}",
+            "compiled_sha256": art.get("sha256"), "source": art["path"],
+            "openvino": {"device": info.get("device") or "CPU",
+                         "inference_precision_hint": info.get("inference_precision_hint"),
+                         "performance_hint": info.get("performance_hint")}}
+
+
+def _openvino_weights(models: Path, ir_packer: IrPacker, packer: WeightPacker) -> dict:
+    """The manifest's ``weights`` for an OpenVINO bundle: the shared IR weights file and its real
+    bytes (the ONNX Runtime weights files stay only when ONNX graphs were bundled too)."""
+    stats = ir_packer.close()
+    if not packer.tensors:
+        for name in ("weights.bin", "weights.json"):
+            (models / name).unlink()
+    per = stats["per_stitch_bytes"]
+    return {"file": f"models/{OV_WEIGHTS}", "format": "openvino-ir", "index": None,
+            "unique_bytes": stats["unique_bytes"], "consts": stats["consts"],
+            "unique_consts": stats["unique_consts"], "compiled_bytes_per_stitch": per,
+            "compiled_bytes_total": int(sum(per.values())),
+            "note": "stored once on disk; OpenVINO's CPU plugin prepares its own copy of each loaded "
+                    "stitch's weights in memory"}
+
+
+def _check_same_outputs_openvino(original: Path, bundled: Path, weights: Path, reference, sid: int) -> dict:
+    """The re-pointed IR must compute exactly what the compiled one did (OpenVINO on the CPU, f32)."""
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("openvino") is None:
+        return {"skipped": "openvino is not installed where the bundle was written"}
+    import openvino as ov
+
+    if reference is None or "x" not in reference:
+        return {"skipped": "no compile reference inputs"}
+    x = reference["x"].astype(np.float32)
+    core = ov.Core()
+    outs = []
+    for model in (core.read_model(str(original)), core.read_model(str(bundled), str(weights))):
+        static = not model.inputs[0].get_partial_shape().is_dynamic and model.inputs[0].shape[0] == 1
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        req = compiled.create_infer_request()
+        step = 1 if static else len(x)
+        outs.append(np.concatenate([np.asarray(req.infer({0: x[i:i + step]})[compiled.outputs[0]]).copy()
+                                    for i in range(0, len(x), step)]))
+    diff = float(np.max(np.abs(outs[0] - outs[1])))
+    if diff > 1e-6:
+        raise BundleError(f"bundled IR {bundled.name} differs from its compiled artifact by {diff:.3g}",
+                          hint="this is a bug in the bundle writer; please report it")
+    check = {"max_abs_diff_vs_compiled": diff, "input": f"compile reference inputs ({len(x)})",
+             "runtime": f"openvino {ov.get_version()} CPU f32"}
+    ref = reference.get(f"ref_{sid}")
+    if ref is not None:
+        check["max_abs_error_vs_reference"] = float(np.max(np.abs(outs[1] - ref)))
+    return check
 
 
 def _reference(compiled: dict, compiled_dir: Path):
@@ -472,6 +552,16 @@ def _fmt(v, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _weights_desc(manifest: dict) -> str:
+    w = manifest.get("weights") or {}
+    if w.get("format") == "openvino-ir":
+        return (f"their OpenVINO IR weights stored once on disk (`{w['file']}`, {w['unique_bytes']:,} bytes; "
+                f"the compiled IRs held {w['compiled_bytes_total']:,} bytes, one `.bin` each), which every "
+                "`models/stitch_<id>.xml` points into; in memory OpenVINO's CPU plugin prepares each "
+                "loaded stitch's weights itself")
+    return f"their weights stored once (`{w.get('file', 'models/weights.bin')}`, {w.get('unique_bytes', 0):,} bytes)"
+
+
 def _write_docs(root: Path, manifest: dict) -> None:
     rows = []
     for s in manifest["stitches"]:
@@ -501,7 +591,7 @@ def _write_docs(root: Path, manifest: dict) -> None:
         precision=t.get("precision"),
         verified=(f"the compiled artifacts were validated on {verified}" if isinstance(verified, str) else
                   "validated on the build machine" if verified else "not verified on hardware"),
-        runtime_req=runtime_req, stitch_rows="\n".join(rows),
+        runtime_req=runtime_req, stitch_rows="\n".join(rows), weights_desc=_weights_desc(manifest),
         excluded=("\nExcluded (failed validation or not compiled):\n" + excluded) if excluded else "",
         input_desc=f"{spec.get('name')} {spec.get('shape')} {spec.get('layout')} {spec.get('dtype')}, "
                    f"mean {spec.get('mean')}, std {spec.get('std')}",

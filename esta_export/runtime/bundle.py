@@ -1,6 +1,7 @@
 """Open a bundle, pick a stitch by budget, switch stitches at run time, run inference.
 
-Engines: ONNX graphs with ONNX Runtime; for a TensorRT bundle, the engines built on the device by
+Engines: ONNX graphs with ONNX Runtime; OpenVINO IR (OpenVINO bundles) with OpenVINO
+(``ov_engine.py``, chosen from the manifest's artifact format); for a TensorRT bundle, the engines built on the device by
 ``build_engines.py`` once they are built for this device and passed validation (``engine="auto"``;
 :attr:`Bundle.engine_note` says plainly when a TensorRT bundle runs on ONNX Runtime instead).
 
@@ -83,6 +84,8 @@ class Bundle:
 
         self.cpu = cpu_features()  # what int8 stitches are checked against (ESTA_CPU_FLAGS overrides)
         self.int8_checks: dict[int, dict] = {}  # re-validations done on this CPU, by stitch id
+        self._checked_files: set = set()  # shared files hashed (OpenVINO weights)
+        self._files_verified = verified  # every file was hashed at open
         w = manifest.get("weights")
         if share_weights and w and w.get("index"):
             import json
@@ -109,7 +112,8 @@ class Bundle:
         memory_arena: ONNX Runtime's CPU memory arena (default: off when sharing weights).
         threads, spinning: ONNX Runtime intra-op threads and thread spinning (default: the
         manifest's ``session``, which the profiler measured with; see runtime/session.py).
-        engine: "onnxruntime", "tensorrt" (the bundle's engines, built and validated on this
+        engine: "onnxruntime", "openvino" (an OpenVINO bundle's IRs; "auto" picks it for them),
+        "tensorrt" (the bundle's engines, built and validated on this
         device by build_engines.py; refused with one line otherwise), or "auto": TensorRT for a
         TensorRT bundle whose engines are all ready, else ONNX Runtime (``engine_note`` says why).
         The TensorRT path is NOT verified on hardware.
@@ -136,9 +140,11 @@ class Bundle:
     def _choose_engine(self, engine: str) -> None:
         from .tensorrt.check import EnginesNotReadyError, ready_engines
 
-        if engine not in ("auto", "onnxruntime", "tensorrt"):
-            raise BundleError(f"engine={engine!r} is not 'auto', 'onnxruntime' or 'tensorrt'")
+        if engine not in ("auto", "onnxruntime", "tensorrt", "openvino"):
+            raise BundleError(f"engine={engine!r} is not 'auto', 'onnxruntime', 'openvino' or 'tensorrt'")
         self.engine, self.engine_note, self._engines = "onnxruntime", None, {}
+        if self._choose_openvino(engine):
+            return
         is_trt = (self.manifest.get("target") or {}).get("backend") == "tensorrt"
         if engine == "onnxruntime" or (engine == "auto" and not is_trt):
             if is_trt:
@@ -158,6 +164,42 @@ class Bundle:
                                 f"engines: {err.message}")
             return
         self.engine = "tensorrt"
+
+    def _choose_openvino(self, engine: str) -> bool:
+        """OpenVINO IR bundles run with OpenVINO (the manifest says which artifacts are IR)."""
+        formats = {(e.get("artifact") or {}).get("format", "onnx") for e in self._entries.values()}
+        is_ov = "openvino-ir" in formats
+        if engine == "openvino" and not is_ov:
+            raise BundleError("engine='openvino' needs an OpenVINO bundle; this one holds "
+                              f"{', '.join(sorted(formats))} artifacts", hint="open it with engine='auto'")
+        if not is_ov:
+            return False
+        if engine not in ("auto", "openvino"):
+            raise BundleError(f"this bundle's stitches are OpenVINO IR; engine={engine!r} cannot run them",
+                              hint="open it with engine='auto' or 'openvino'")
+        from .ov_engine import _core
+
+        _core()  # one clear line now if openvino is missing, not at the first load
+        self.engine = "openvino"
+        return True
+
+    def _create_openvino_session(self, entry: dict):
+        from .ov_engine import OpenVinoSession
+
+        art = entry["artifact"]
+        xml = resolve_inside(self.root, art["path"])
+        if not xml.is_file() or sha256_file(xml) != art.get("sha256"):
+            raise IntegrityError(f"bundle file {art['path']} (stitch {entry['id']}) does not match the "
+                                 "validated artifact's sha256", hint="re-copy the bundle")
+        weights = resolve_inside(self.root, art.get("weights") or "")
+        if not self._files_verified and weights not in self._checked_files:  # else hashed at open
+            files = {f.get("path"): f.get("sha256") for f in self.manifest.get("files", [])
+                     if isinstance(f, dict)}
+            if not weights.is_file() or sha256_file(weights) != files.get(art.get("weights")):
+                raise IntegrityError(f"bundle file {art.get('weights')} does not match the manifest's sha256",
+                                     hint="re-copy the bundle")
+            self._checked_files.add(weights)
+        return OpenVinoSession(xml, weights, art.get("openvino") or {}, threads=self.threads)
 
     # -- stitches ----------------------------------------------------------------------------
     def _stitch(self, entry: dict) -> Stitch:
@@ -252,6 +294,8 @@ class Bundle:
             from .tensorrt.session import open_session
 
             return open_session(self.root, self._engines[int(entry["id"])])
+        if self.engine == "openvino":
+            return self._create_openvino_session(entry)
         art = entry["artifact"]
         if art.get("format", "onnx") != "onnx":
             raise BundleError(f"stitch {entry['id']} is a {art['format']} artifact; this runtime runs "

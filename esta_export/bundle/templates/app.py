@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Example application: load this bundle, pick a stitch by latency budget, classify an image.
 
-Needs only numpy and onnxruntime (Pillow to read PNG/JPEG); a TensorRT bundle runs its engines
-once build_engines.py has built and validated them (TensorRT + cuda-python). Run from anywhere:
+Needs only numpy and the bundle's runtime: onnxruntime, or openvino for an OpenVINO bundle (Pillow
+to read PNG/JPEG); a TensorRT bundle runs its engines once build_engines.py has built and
+validated them (TensorRT + cuda-python). Run from anywhere:
 
     python3 app.py [IMAGE.npy|IMAGE.png] [--budget-ms 5] [--min-accuracy 0.7] [--runs 20]
     python3 app.py --deadline-ms 5 [--runs 1000]   # a stream under a deadline, switching stitches

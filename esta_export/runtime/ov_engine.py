@@ -1,0 +1,93 @@
+"""The OpenVINO engine of the bundle runtime: OpenVINO IR stitches compiled by OpenVINO.
+
+Each stitch's ``models/stitch_<id>.xml`` points into the bundle's one shared weights file
+(``core.read_model(xml, bin)``). The compiled model gets the settings its artifact was validated
+with, recorded in the manifest: the device and the pinned ``INFERENCE_PRECISION_HINT`` (f32 for
+fp32 and int8 on the CPU: OpenVINO would otherwise compute in bf16 on AMX CPUs without saying so),
+and reads back what the plugin really uses (``info``). One infer request per calling thread,
+so ``run`` may be called from several threads at once. Imports numpy and openvino only.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleError
+
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def _core():
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            try:
+                import openvino as ov
+            except ImportError:
+                raise BundleError("this bundle's stitches are OpenVINO IR and openvino is not installed",
+                                  hint="pip install openvino (the version the bundle README names)") from None
+            _CORE = ov.Core()
+        return _CORE
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.get_version()
+
+
+def _type_name(value) -> str:
+    get = getattr(value, "get_type_name", None)
+    return get() if callable(get) else str(value)
+
+
+class OpenVinoSession:
+    """An ONNX-Runtime-like ``run(output_names, feeds)`` over one compiled OpenVINO model."""
+
+    def __init__(self, xml: Path, weights: Path, settings: dict, *, threads: int | None = None,
+                 performance_hint: str | None = None) -> None:
+        core = _core()
+        device = settings.get("device") or "CPU"
+        if not any(d == device or d.startswith(device + ".") for d in core.available_devices):
+            raise BundleError(f"OpenVINO device {device} is not present here (found: "
+                              f"{', '.join(core.available_devices) or 'none'})",
+                              hint=f"run the bundle on a machine with the {device} and its driver")
+        config: dict = {"PERFORMANCE_HINT": settings.get("performance_hint") or performance_hint or "LATENCY"}
+        if settings.get("inference_precision_hint"):
+            config["INFERENCE_PRECISION_HINT"] = settings["inference_precision_hint"]
+        if threads and device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            model = core.read_model(str(xml), str(weights))
+            self.compiled = core.compile_model(model, device, config)
+        except Exception as err:  # OpenVINO raises RuntimeError with multi-line text
+            raise BundleError(f"OpenVINO cannot load {xml.name}: {str(err).strip().splitlines()[0]}",
+                              hint="check the openvino version the bundle README names") from None
+        self._output = self.compiled.outputs[0]
+        shape = self.compiled.inputs[0].get_partial_shape()
+        self._static_batch = None if shape.is_dynamic else int(shape[0].get_length())
+        self._local = threading.local()
+        self.info = {"engine": "openvino", "version": openvino_version(), "device": device,
+                     "config": {k: str(v) for k, v in config.items()},
+                     "inference_precision": _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+
+    def _request(self):
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        return req
+
+    def run(self, output_names, feeds: dict):
+        (x,) = feeds.values()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        req = self._request()
+        step = self._static_batch or len(x)
+        outs = [np.asarray(req.infer({0: x[i:i + step]})[self._output]).copy()
+                for i in range(0, len(x), step)]
+        return [outs[0] if len(outs) == 1 else np.concatenate(outs)]

@@ -1,0 +1,133 @@
+"""OpenVINO bundles run with OpenVINO: IRs sharing one weights file, the pinned precision, the
+same logits as the compiled artifacts, one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino", reason="OpenVINO is not installed")
+
+from esta_export.bundle.writer import write_bundle  # noqa: E402
+from esta_export.compile import compile_export  # noqa: E402
+from esta_export.runtime import Bundle, BundleError, IntegrityError  # noqa: E402
+from tiny_export import calibration, export_onnx, make_export  # noqa: E402
+
+
+def _family(root):
+    export = make_export(root / "export", depths=(1, 2))
+    # Same seed: stitch 1 shares stitch 0's patch embedding and first block, as stitches do.
+    export_onnx(export / "stitches/stitch_001.onnx", depth=2, seed=0)
+    return export
+
+
+@pytest.fixture(scope="module")
+def ov_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ov")
+    export = _family(root)
+    s = compile_export(export, "intel-cpu", root / "compiled", calibration=calibration(16))
+    assert len(s["artifacts"]) == 2, s["failed"]
+    return write_bundle(None, "intel-cpu", root / "bundle", export_dir=export, compiled_dir=root / "compiled")
+
+
+@pytest.fixture
+def ov_copy(ov_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(ov_bundle, dst)
+    return dst
+
+
+def _manifest(root):
+    return json.loads((root / "manifest.json").read_text())
+
+
+def test_ir_weights_stored_once(ov_bundle):
+    m = _manifest(ov_bundle)
+    w = m["weights"]
+    assert w["format"] == "openvino-ir" and w["file"] == "models/openvino_weights.bin"
+    assert (ov_bundle / w["file"]).stat().st_size == w["unique_bytes"] > 0
+    assert w["unique_bytes"] < w["compiled_bytes_total"] and w["unique_consts"] < w["consts"]
+    names = sorted(p.name for p in (ov_bundle / "models").iterdir())
+    assert names == ["openvino_weights.bin", "stitch_000.xml", "stitch_001.xml"]  # no 0-byte weights.bin
+    for e in m["stitches"]:
+        assert e["artifact"]["format"] == "openvino-ir"
+        assert e["artifact"]["openvino"]["inference_precision_hint"] == "f32"
+        assert e["bundle_check"]["max_abs_diff_vs_compiled"] == 0.0
+    assert f"{w['unique_bytes']:,} bytes" in (ov_bundle / "README.md").read_text()
+
+
+def test_runs_with_openvino_and_matches_reference(ov_bundle):
+    ref = np.load(ov_bundle.parent / "compiled" / "reference.npz")
+    with Bundle.open(ov_bundle) as b:
+        assert b.engine == "openvino"
+        for s in b.stitches():
+            out = b.run(ref["x"], stitch_id=s.id)
+            scale = float(np.abs(ref[f"ref_{s.id}"]).max())
+            assert float(np.abs(out - ref[f"ref_{s.id}"]).max()) / scale <= 1e-4
+            info = b.load(s.id).info
+            assert info["engine"] == "openvino" and info["inference_precision"] == "f32"
+            assert info["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_threads_share_a_stitch(ov_bundle):
+    import threading
+
+    b = Bundle.open(ov_bundle)
+    b.activate(0)
+    x = np.load(ov_bundle.parent / "compiled" / "reference.npz")["x"][:4]
+    want = b.run(x)
+    errors = []
+
+    def work():
+        for _ in range(20):
+            if not np.array_equal(b.run(x), want):
+                errors.append("differs")
+
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors
+
+
+def test_engine_choice_is_checked(ov_bundle):
+    with pytest.raises(BundleError, match="OpenVINO IR"):
+        Bundle.open(ov_bundle, engine="onnxruntime")
+
+
+def test_tampered_shared_weights_refused_without_verify(ov_copy):
+    w = ov_copy / "models" / "openvino_weights.bin"
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="openvino_weights.bin"):
+        Bundle.open(ov_copy, verify=False).load(0)
+
+
+def test_app_without_openvino_is_one_line(ov_copy):
+    code = ("import sys, runpy; sys.modules['openvino'] = None; sys.argv = ['app.py', '--runs', '1']; "
+            f"runpy.run_path({str(ov_copy / 'app.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "openvino is not installed" in proc.stderr
+
+
+def test_int8_ir_bundle_records_isa(tmp_path):
+    pytest.importorskip("nncf")
+    export = _family(tmp_path)
+    s = compile_export(export, "intel-cpu-int8", tmp_path / "c", calibration=calibration(32))
+    assert s["artifacts"], s["failed"]
+    b = write_bundle(None, "intel-cpu-int8", tmp_path / "b", export_dir=export, compiled_dir=tmp_path / "c")
+    m = _manifest(b)
+    for e in m["stitches"]:
+        assert e["int8_isa"]["setting"]["overflow_fix"] in ("ENABLE", "DISABLE")
+        assert e["int8_isa"]["validated_on"]["flags"] is not None
+    ref = np.load(b / "reference.npz")
+    with Bundle.open(b) as bundle:
+        for st in bundle.stitches():
+            out = bundle.run(ref["x"], stitch_id=st.id)
+            assert np.mean(out.argmax(1) == ref[f"ref_{st.id}"].argmax(1)) >= 0.9
