@@ -42,6 +42,7 @@ class RunConfig:
     min_accuracy: float | None = None
     archive: bool = False
     fresh: bool = False
+    ray: str | None = None  # profile on a Ray fleet (profiling/fleet.py) instead of this machine
 
     def resolved_out(self) -> Path:
         if self.out:
@@ -211,13 +212,21 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     # 3. profile (measured latency, on this machine, with the target's runtime)
     from .profiling.compiled import profile_compiled
     store = out / "profiles" / f"{target.name}.jsonl"
-    prof = profile_compiled(compiled_dir, target, store, budget=cfg.profile_budget, fresh=cfg.fresh,
-                            min_runs=cfg.runs, min_seconds=cfg.seconds, cv_metric=cfg.stability,
-                            progress=None if quiet else _profile_note(info))
-    info(f"profile: {len(prof.measured)} measured, {len(prof.cached)} reused from {store}, "
-         f"{len(prof.predicted)} predicted", quiet)
-    for w in prof.warnings:
-        info(f"  warning: {w}", quiet)
+    if cfg.ray:
+        from .profiling.fleet import profile_fleet
+        fleet = profile_fleet(compiled_dir, target, store, cfg.ray, fresh=cfg.fresh, min_runs=cfg.runs,
+                              min_seconds=cfg.seconds, progress=None if quiet else (lambda m: info(f"  {m}")))
+        info(f"profile: {len(fleet.spread)} stitches measured on {len(fleet.boards)} boards of {cfg.ray} "
+             f"({', '.join(b.name for b in fleet.boards)}; left: {', '.join(fleet.left) or 'none'}), "
+             f"{len(fleet.cached)} reused from {store}", quiet)
+    else:
+        prof = profile_compiled(compiled_dir, target, store, budget=cfg.profile_budget, fresh=cfg.fresh,
+                                min_runs=cfg.runs, min_seconds=cfg.seconds, cv_metric=cfg.stability,
+                                progress=None if quiet else _profile_note(info))
+        info(f"profile: {len(prof.measured)} measured, {len(prof.cached)} reused from {store}, "
+             f"{len(prof.predicted)} predicted", quiet)
+        for w in prof.warnings:
+            info(f"  warning: {w}", quiet)
 
     # 4. select by measured latency
     from .select import select_compiled

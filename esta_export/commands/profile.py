@@ -31,6 +31,11 @@ class ProfileCommand:
                        help="measure again even when the store has a matching record")
         p.add_argument("--remote", metavar="USER@HOST[:PORT]",
                        help="profile on a device over ssh (needs a bundle: --bundle)")
+        p.add_argument("--ray", metavar="ADDRESS",
+                       help="fan the stitches out over the boards of a Ray cluster that advertise "
+                            "esta-target:<T> (pip install 'esta-export[fleet]')")
+        p.add_argument("--common", type=int, default=3, metavar="N",
+                       help="with --ray: stitches measured on every board for board-to-board spread (default 3)")
         p.add_argument("--bundle", metavar="DIR",
                        help="bundle folder for --remote (default: OUT/bundle/TARGET)")
 
@@ -51,6 +56,8 @@ class ProfileCommand:
         store = Path(args.store) if args.store else default_store_path(compiled, target.name)
         if args.remote:
             return _remote(args, compiled, target, store, ids)
+        if args.ray:
+            return _fleet(args, compiled, target, store, ids)
         res = profile_compiled(compiled, target, store, stitch_ids=ids, budget=args.budget,
                                fresh=args.fresh, min_runs=args.runs, min_seconds=args.seconds,
                                memory=not args.no_memory, progress=_progress(),
@@ -64,6 +71,25 @@ class ProfileCommand:
         for w in res.warnings:
             print(f"warning: {w}", file=sys.stderr)
         return 0
+
+
+def _fleet(args, compiled: Path, target, store: Path, ids) -> int:
+    from ..profiling.fleet import board_spread, profile_fleet
+    from ..profiling.store import ProfileStore
+
+    res = profile_fleet(compiled, target, store, args.ray, stitch_ids=ids, common=args.common,
+                        min_runs=args.runs, min_seconds=args.seconds, fresh=args.fresh,
+                        progress=lambda m: print(f"  {m}", file=sys.stderr))
+    print(f"{len(res.spread)} stitches measured on {len(res.boards)} boards "
+          f"({', '.join(b.name for b in res.boards)}), {len(res.common)} common-set measurements, "
+          f"{len(res.cached)} reused from {res.store}")
+    if res.left:
+        print(f"boards that left mid-run: {', '.join(res.left)} (their stitches ran on the others)")
+    spread = board_spread(ProfileStore(res.store).records())
+    if spread:
+        print(f"board-to-board spread over the common set: up to {spread['max_spread']:.1%}; "
+              + ", ".join(f"{b} x{f:.3f}" for b, f in spread["board_factor"].items()))
+    return 0
 
 
 def _progress():

@@ -36,6 +36,8 @@ class Run:
         g.add_argument("--max-stitches", type=cli_int(1, 1_000_000), default=None, help="spread K stitches along the front")
         g.add_argument("--min-accuracy", type=cli_float(0, 1), default=None)
         g.add_argument("--archive", action="store_true", help="also write the bundle as one .tar.gz")
+        g.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="profile on the boards of a Ray cluster advertising esta-target:<T> (esta-export[fleet])")
         add_quiet(p)
         p.add_argument("--dry-run", action="store_true", help="print the resolved run configuration and exit")
         p.add_argument("--config", default=None, help="replay a run configuration saved as JSON (from --dry-run)")

@@ -182,6 +182,13 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
             f"{_e(t.get('compiled'))} compiled, {len(t.get('failed') or [])} failed; "
             + (f"<span class=ok>verified on hardware ({_e(ver)})</span>" if ver else
                "<span class=bad>not verified on hardware</span>") + "</p>")
+        fleet = t.get("fleet")
+        if fleet:
+            parts.append(
+                f"<p>profiled on a fleet of {len(fleet['boards'])} boards "
+                f"({_e(', '.join(fleet['boards']))}): board-to-board spread over the common set up to "
+                f"<b>{fleet['max_spread']:.1%}</b>; per board, latency / boards' median: "
+                + _e(", ".join(f"{b} {f:.3f}" for b, f in fleet["board_factor"].items())) + "</p>")
         parts.append(
             f"<p>selection: {_e(sel.get('mode'))} over {_e(', '.join(sel.get('objectives', [])))}; "
             f"accuracy from <b>{_e(sel.get('accuracy_source'))}</b>; latency = "

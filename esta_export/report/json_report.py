@@ -45,6 +45,17 @@ def find_inputs(out_dir: str | Path | None = None, *, selections: Sequence[str |
     return sels, comps
 
 
+def _fleet_spread(sel: dict[str, Any]) -> dict[str, Any] | None:
+    """Board-to-board spread when the target was profiled on a Ray fleet (profiling/fleet.py)."""
+    store = sel.get("store")
+    if not store or not Path(store).is_file():
+        return None
+    from ..profiling.fleet import board_spread
+    from ..profiling.store import ProfileStore
+
+    return board_spread(ProfileStore(store).records())
+
+
 def build_report(selections: Sequence[Path], compiled: Sequence[Path] = ()) -> dict[str, Any]:
     from ..fsutil import read_json
     from ..profiling.environment import describe
@@ -93,7 +104,7 @@ def build_report(selections: Sequence[Path], compiled: Sequence[Path] = ()) -> d
             "compiled": len(comp.get("artifacts", [])) if comp else None,
             "failed": comp.get("failed", []),
             "environment": env, "environment_lines": [line for line in describe(env) if line] if env else [],
-            "selection": sel, "warnings": tw,
+            "selection": sel, "warnings": tw, "fleet": _fleet_spread(sel),
         })
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "tool_version": _tool_version(),
             "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
