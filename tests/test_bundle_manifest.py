@@ -11,7 +11,10 @@ from esta_export.runtime import BundleError, ManifestVersionError
 
 
 def _m(**over):
-    m = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "stitches": [], "files": [], "input": {}}
+    # The smallest manifest the runtime accepts: one stitch, an input size (issue 16: an empty
+    # stitch list or a missing image_size is refused).
+    m = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "files": [], "input": {"image_size": 8},
+         "stitches": [{"id": 0, "artifact": {"path": "models/stitch_000.onnx", "sha256": "0" * 64}}]}
     m.update(over)
     return m
 

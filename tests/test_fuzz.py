@@ -115,7 +115,7 @@ def valid_spec() -> dict:
     spec = SupernetSpec(anchors, "snnet_v1", {"kernel_size": 2},
                         adaptation=AdaptationSpec(lora=LoraSpec(4, 8.0), stitch_lora=LoraSpec(2, 1.0, ()),
                                                   stitch_bias=True),
-                        input=InputSpec(32, labels=("a", "b")), training={"accuracy": {"0": 0.5}})
+                        input=InputSpec(32, labels=tuple("abcdefghij")), training={"accuracy": {"0": 0.5}})
     return spec.to_json()
 
 

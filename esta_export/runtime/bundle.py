@@ -90,7 +90,9 @@ class Bundle:
         if share_weights and w and w.get("index"):
             import json
 
-            index = json.loads(resolve_inside(root, w["index"]).read_text())
+            from .manifest import read_json_file
+
+            index = read_json_file(resolve_inside(root, w["index"]), "weights index")
             self._weights = SharedWeights(index, resolve_inside(root, w["file"]), check_tensors=not verified)
 
     # -- opening ---------------------------------------------------------------------------
@@ -363,11 +365,45 @@ class Bundle:
                 with self._active_lock:
                     current = self._active
             session = current[1]
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = self._check_batch(batch)
+        name = self.input_spec.get("name", "pixels")
+        try:
+            return session.run(None, {name: x})[0]
+        except BundleError:
+            raise
+        except Exception as err:  # the runtime's own exception types differ per version
+            raise BundleError(f"the runtime could not run this batch ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]})",
+                              hint="pass an NCHW float32 batch of the bundle's input shape") from None
+
+    def _check_batch(self, batch) -> np.ndarray:
+        """An NCHW float32 batch of the bundle's input shape, or a BundleError saying what differs."""
+        try:
+            x = np.ascontiguousarray(batch, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise BundleError(f"the batch cannot be read as float32 numbers ({' '.join(str(err).split())[:120]})",
+                              hint="pass a numeric numpy array (N, C, H, W)") from None
         if x.ndim == 3:
             x = x[None]
-        name = self.input_spec.get("name", "pixels")
-        return session.run(None, {name: x})[0]
+        want = self.expected_chw()
+        if x.ndim != 4 or (want is not None and tuple(x.shape[1:]) != want) or x.shape[0] < 1:
+            shape = "x".join(map(str, want)) if want else "C, H, W"
+            raise BundleError(f"the batch has shape {list(x.shape)}, this bundle takes (N, {shape.replace('x', ', ')})",
+                              hint="preprocess images with Bundle.preprocess (resize to the input size, NCHW)")
+        return x
+
+    def expected_chw(self) -> tuple[int, int, int] | None:
+        spec = self.input_spec
+        shape = spec.get("shape")
+        if isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
+            return tuple(shape[1:])  # type: ignore[return-value]
+        size = spec.get("image_size")
+        chans = len(spec.get("mean") or [0, 0, 0])
+        if isinstance(size, int):
+            return (chans, size, size)
+        if isinstance(size, list) and len(size) == 2:
+            return (chans, int(size[0]), int(size[1]))
+        return None
 
     def engine_status(self, found: dict | None = None) -> dict[int, str]:
         """TensorRT bundles: per stitch "ok" or the one line saying why its engine is not used here

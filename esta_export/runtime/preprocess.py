@@ -41,6 +41,14 @@ def _resize_nearest(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 def preprocess(image: np.ndarray, spec: dict, resize: str | None = None) -> np.ndarray:
     """HxWxC (uint8 0..255 or float 0..1) or a batch NxHxWxC -> NCHW float32 model input."""
     img = np.asarray(image)
+    if img.dtype.kind not in "biuf":
+        raise BundleError(f"image holds {img.dtype} values, not pixels",
+                          hint="pass an RGB image as a numeric numpy array (H, W, 3)")
+    if img.size == 0:
+        raise BundleError(f"image of shape {list(img.shape)} has no pixels",
+                          hint="pass an RGB image as a numpy array (H, W, 3)")
+    if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
+        raise BundleError("image holds NaN or infinite values", hint="pass finite pixel values")
     if img.ndim == 4:
         return np.concatenate([preprocess(i, spec, resize) for i in img], axis=0)
     if img.ndim == 2:

@@ -18,9 +18,62 @@ import numpy as np
 from .errors import BundleError, IntegrityError
 
 
+_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def check_index(index, data_path: Path, where: str = "models/weights.json") -> dict:
+    """The weights index agrees with itself and with weights.bin, or one BundleError line.
+
+    Every tensor lies inside the data file, its dtype is one numpy reads, its shape's element
+    count times the item size is its length, and every stitch maps names to tensors that exist.
+    """
+    def bad(msg: str) -> BundleError:
+        return BundleError(f"bundle {where}: {msg}", hint="the weights index was edited or damaged; re-copy the bundle")
+
+    if not isinstance(index, dict) or not isinstance(index.get("tensors"), list) \
+            or not isinstance(index.get("stitches"), dict):
+        raise bad("must be an object with 'tensors' (a list) and 'stitches' (an object)")
+    try:
+        size = data_path.stat().st_size
+    except OSError:
+        raise BundleError(f"bundle file {data_path.name} is missing", hint="re-copy the complete bundle") from None
+    for i, t in enumerate(index["tensors"]):
+        if not isinstance(t, dict):
+            raise bad(f"tensors[{i}] is not an object")
+        off, length, dt, shape = t.get("offset"), t.get("length"), t.get("dtype"), t.get("shape")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (off, length)):
+            raise bad(f"tensors[{i}] offset/length must be integers >= 0, got {off!r:.30}, {length!r:.30}")
+        if off + length > size:
+            raise bad(f"tensors[{i}] reaches byte {off + length}, past the end of {data_path.name} ({size} bytes)")
+        try:
+            ok = isinstance(dt, str) and len(dt) < 16 and np.dtype(dt).name in _DTYPES
+        except TypeError:
+            ok = False
+        if not ok:
+            raise bad(f"tensors[{i}] dtype {dt!r:.40} is not one of {', '.join(_DTYPES)}")
+        if not isinstance(shape, list) or len(shape) > 16 or \
+                any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+            raise bad(f"tensors[{i}] shape must be a list of integers >= 0, got {shape!r:.60}")
+        n = 1
+        for d in shape:
+            n *= d
+        if n * np.dtype(dt).itemsize != length:
+            raise bad(f"tensors[{i}] shape {shape} of {dt} needs {n * np.dtype(dt).itemsize} bytes, "
+                      f"the index says {length}")
+    count = len(index["tensors"])
+    for sid, names in index["stitches"].items():
+        if not isinstance(names, dict):
+            raise bad(f"stitches[{sid!r:.20}] is not an object {{initializer name: tensor index}}")
+        for name, i in names.items():
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+                raise bad(f"stitch {sid!r:.20} initializer {name!r:.40} points to tensor {i!r:.20}, "
+                          f"not one of the {count} tensors")
+    return index
+
+
 class SharedWeights:
     def __init__(self, index: dict, data_path: Path, *, check_tensors: bool = False) -> None:
-        self.index = index
+        self.index = check_index(index, data_path)
         self.data_path = data_path
         # When the bundle was opened without hashing every file, each tensor is checked against its
         # recorded hash as it is read, so tampered weights still never reach a session.

@@ -253,14 +253,15 @@ def _parse_spec(d: Any) -> SupernetSpec:
             raise _bad("input.mean", f"and input.std must have {in_chans} values")
         labels = None if i.get("labels") is None else _strlist(i["labels"], "input.labels")
         inp = InputSpec(_int(i["image_size"], "input.image_size", 1, 16384), mean, std, labels, in_chans)
-    training = d.get("training")
-    if training is not None and not isinstance(training, dict):
-        raise _bad("training", "must be an object or null")
+    training = _training(d.get("training"))
     source = d.get("source")
     if source is not None and not isinstance(source, dict):
         raise _bad("source", "must be an object or null")
+    space = _str(sp["name"], "space.name")
+    params = _space_params(space, params)
+    _cross_check(anchors, inp)
     return SupernetSpec(
-        anchors=tuple(anchors), space=_str(sp["name"], "space.name"), space_params=dict(params),
+        anchors=tuple(anchors), space=space, space_params=params,
         adaptation=adaptation, input=inp,
         num_heads_source=_str(d.get("num_heads_source", "file"), "num_heads_source",
                               ("file", "convention", "user")),
@@ -278,3 +279,91 @@ def _list(v: Any, path: str) -> list:
         raise _bad(path, "must be a short list of numbers")
     return v
 
+
+
+MAX_STITCH_ID = 1 << 20
+
+
+def _training(t: Any) -> dict | None:
+    """Per-stitch accuracy (a fraction in [0, 1]) and importance (>= 0), finite; the rest free-form."""
+    if t is None:
+        return None
+    if not isinstance(t, dict):
+        raise _bad("training", "must be an object or null")
+    for key, lo, hi in (("accuracy", 0.0, 1.0), ("importance", 0.0, math.inf)):
+        table = t.get(key)
+        if table is None:
+            continue
+        if not isinstance(table, dict) or len(table) > MAX_STITCH_ID:
+            raise _bad(f"training.{key}", "must be an object {stitch id: number}")
+        for sid, v in table.items():
+            if not (isinstance(sid, str) and sid.isdigit() and int(sid) < MAX_STITCH_ID):
+                raise _bad(f"training.{key}", f"has key {sid!r:.40}, not a stitch id")
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise _bad(f"training.{key}.{sid}",
+                           f"must be a finite number in [{lo:g}, {hi:g}] or null, got {v!r:.60}")
+    return t
+
+
+def _space_params(space: str, params: dict) -> dict:
+    """The stitch space exists and its parameters have the types of its defaults."""
+    from .spaces import SPACES, space_names
+
+    names = space_names()
+    if space not in names:
+        raise _bad("space.name", f"is {space!r:.60}, not a stitch space esta-export knows ({', '.join(names)})")
+    defaults = getattr(SPACES[space], "defaults", {}) or {}
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise _bad("space.params", f"has unknown keys {unknown[:4]} for space {space} (allowed: {sorted(defaults)})")
+    out = {}
+    for k, v in params.items():
+        want = defaults[k]
+        if isinstance(want, bool):
+            out[k] = _bool(v, f"space.params.{k}")
+        elif isinstance(want, int):
+            out[k] = _int(v, f"space.params.{k}", 0, 1024)
+        elif isinstance(want, float):
+            out[k] = _num(v, f"space.params.{k}")
+        else:
+            out[k] = _str(v, f"space.params.{k}")
+    return out
+
+
+def _cross_check(anchors: list[AnchorConfig], inp: InputSpec | None) -> None:
+    """Facts two fields must agree on: every anchor sees the same tokens and predicts the same
+    classes; the input spec matches them; labels name every class."""
+    a0 = anchors[0]
+    for i, a in enumerate(anchors[1:], 1):
+        for key in ("img_size", "patch_size", "in_chans", "num_classes"):
+            if getattr(a, key) != getattr(a0, key):
+                raise _bad(f"anchors[{i}].{key}", f"({getattr(a, key)}) differs from anchors[0].{key} "
+                                                  f"({getattr(a0, key)}); stitched anchors must share it")
+    if inp is not None:
+        if inp.image_size != a0.img_size:
+            raise _bad("input.image_size", f"({inp.image_size}) differs from the anchors' img_size ({a0.img_size})")
+        if inp.in_chans != a0.in_chans:
+            raise _bad("input.in_chans", f"({inp.in_chans}) differs from the anchors' in_chans ({a0.in_chans})")
+        if inp.labels is not None and len(inp.labels) != a0.num_classes:
+            raise _bad("input.labels", f"has {len(inp.labels)} labels for {a0.num_classes} classes; "
+                                       f"give one label per class")
+    if estimated_params(anchors) > MAX_PARAMS:
+        raise _bad("anchors", f"describe about {estimated_params(anchors) / 1e9:.0f} billion parameters, "
+                              f"more than esta-export builds ({MAX_PARAMS / 1e9:.0f} billion)")
+
+
+MAX_PARAMS = 4_000_000_000
+
+
+def estimated_params(anchors) -> int:
+    """Parameters the anchors need (within a few percent): checked before anything is allocated,
+    so a spec cannot ask for a model far larger than the file that carries it."""
+    total = 0
+    for a in anchors:
+        d, hidden = a.embed_dim, int(a.embed_dim * a.mlp_ratio)
+        tokens = (a.img_size // a.patch_size) ** 2 + 1
+        block = 4 * d * d + 2 * d * hidden + 9 * d + hidden
+        total += a.depth * block + a.in_chans * a.patch_size ** 2 * d + tokens * d + d * (a.num_classes + 3)
+    return int(total)

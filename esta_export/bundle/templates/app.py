@@ -25,15 +25,38 @@ from esta_runtime import Bundle, BundleError, NoStitchFitsError  # noqa: E402
 
 
 def load_image(path: Path) -> np.ndarray:
+    """An HxWxC image from a .npy or an image file; anything unusable is one BundleError line."""
+    hint = "give an RGB image: a PNG/JPEG file, or an HxWx3 uint8 .npy"
+    if not path.exists():
+        raise BundleError(f"image {path} not found", hint=hint)
+    if path.is_dir():
+        raise BundleError(f"image {path} is a folder, not a file", hint=hint)
+    if not path.is_file():
+        raise BundleError(f"image {path} is not a regular file (a FIFO or device?)", hint=hint)
+    if path.stat().st_size == 0:
+        raise BundleError(f"image {path} is empty (0 bytes)", hint=hint)
     if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            img = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            why = "it holds Python objects, which are refused" if "pickle" in str(err) else "not a readable .npy"
+            raise BundleError(f"image {path}: {why}", hint=hint) from None
+        if not isinstance(img, np.ndarray) or img.dtype.kind not in "biuf":
+            raise BundleError(f"image {path} holds {getattr(img, 'dtype', type(img))} values, not pixels", hint=hint)
+        if img.size == 0:
+            raise BundleError(f"image {path} has no pixels (shape {list(img.shape)})", hint=hint)
+        return img
     try:
         from PIL import Image
     except ImportError:
         raise BundleError(f"reading {path.suffix} images needs Pillow",
                           hint="pip install pillow, or pass the image as an HxWx3 uint8 .npy") from None
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise BundleError(f"image {path} is not a readable image ({' '.join(str(err).split())[:100]})",
+                          hint=hint) from None
 
 
 def run_governed(bundle, args) -> int:

@@ -46,6 +46,7 @@ def read_native(path: Path, num_heads: Sequence[int] | None):
     if num_heads is not None:
         spec, note = apply_num_heads(spec, num_heads)
         notes.append(note)
+    _check_size(spec, path)
     state = _load_tensors(path)
     try:
         model = Supernet(spec)
@@ -56,6 +57,18 @@ def read_native(path: Path, num_heads: Sequence[int] | None):
     check_finite(state, path)
     model.eval()
     return model, "native", notes
+
+
+def _check_size(spec: SupernetSpec, path: Path) -> None:
+    """A spec asking for a model much larger than the file's tensors is refused before building it
+    (embed_dim = 16384 in a 1 MB file would otherwise allocate gigabytes and die)."""
+    from ..spec import estimated_params
+
+    stored = max(0, path.stat().st_size) // 2        # at least 2 bytes a parameter (fp16)
+    need = estimated_params(spec.anchors)
+    if need > 2 * stored + 1_000_000:
+        raise FormatError(f"{path}: the spec describes about {need / 1e6:.0f}M parameters but the file holds "
+                          f"at most {stored / 1e6:.1f}M", hint="the spec was edited or damaged; convert the checkpoint again")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -104,7 +104,24 @@ def _anchor_config(state: dict[str, torch.Tensor], a: int, path: Path) -> Anchor
                               hint="this is not a DeiT/ViT SN-Net checkpoint")
         return state[p + key]
 
-    width = need("cls_token").shape[-1]
+    def rank(key: str, n: int, what: str) -> torch.Tensor:
+        t = need(key)
+        if t.ndim != n or 0 in t.shape:
+            raise FormatError(f"{path}: {p}{key} has shape {tuple(t.shape)}, expected {what}",
+                              hint="this is not a DeiT/ViT SN-Net checkpoint, or it is damaged")
+        return t
+
+    cls = rank("cls_token", 3, "[1, 1, width]")
+    width = int(cls.shape[-1])
+    if tuple(cls.shape[:2]) != (1, 1):
+        raise FormatError(f"{path}: {p}cls_token has shape {tuple(cls.shape)}, expected [1, 1, {width}]",
+                          hint="this is not a DeiT/ViT SN-Net checkpoint, or it is damaged")
+    pos = rank("pos_embed", 3, f"[1, tokens, {width}]")
+    if pos.shape[0] != 1 or pos.shape[2] != width:
+        raise FormatError(f"{path}: {p}pos_embed has shape {tuple(pos.shape)}, expected [1, tokens, {width}]",
+                          hint="this is not a DeiT/ViT SN-Net checkpoint, or it is damaged")
+    rank("blocks.0.mlp.fc1.weight", 2, f"[hidden, {width}]")
+    rank("head.weight", 2, f"[classes, {width}]")
     proj = need("patch_embed.proj.weight")
     if proj.ndim != 4 or proj.shape[0] != width or proj.shape[2] != proj.shape[3]:
         raise FormatError(f"{path}: {p}patch_embed.proj.weight has shape {tuple(proj.shape)}, expected "
@@ -155,7 +172,7 @@ def read_state_dict(state: dict[str, torch.Tensor], path: Path, num_heads: Seque
         space, params, fmt = "snnet_v2", {}, "snnet_v2"
         final_note = "SN-Netv2 two-way stitching"
     else:
-        if args is not None and getattr(args, "nearest_stitching", True) is False:
+        if _args(args).get("nearest_stitching", True) is False:
             raise FormatError(f"{path} was trained without nearest stitching; only the released SN-Net v1 "
                               f"setting is supported", hint="train with --nearest_stitching")
         space, params, fmt = "snnet_v1", {"kernel_size": 2, "stride": 1, "nearest": True}, "snnet_v1"
@@ -166,7 +183,7 @@ def read_state_dict(state: dict[str, torch.Tensor], path: Path, num_heads: Seque
         input=InputSpec(image_size=anchors[0].img_size, in_chans=anchors[0].in_chans),
         num_heads_source="convention",
         source={"format": fmt, "file": path.name,
-                "args": None if args is None else {k: _jsonable(v) for k, v in vars(args).items()}},
+                "args": None if args is None else {str(k): _jsonable(v) for k, v in _args(args).items()}},
     )
     notes = [f"detected {final_note}"]
     if num_heads is not None:
@@ -186,9 +203,23 @@ def read_state_dict(state: dict[str, torch.Tensor], path: Path, num_heads: Seque
     return model, fmt, notes
 
 
-def _jsonable(v):
+def _args(args) -> dict:
+    """The training arguments as a dict: SN-Net saves an argparse.Namespace; others save a dict
+    (or something else, which is ignored: the tensors alone describe the architecture)."""
+    if isinstance(args, argparse.Namespace):
+        return dict(vars(args))
+    if isinstance(args, dict):
+        return {k: v for k, v in list(args.items())[:10_000] if isinstance(k, str)}
+    return {}
+
+
+def _jsonable(v, depth: int = 0):
+    if depth > 20:
+        return str(v)[:200]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x, depth + 1) for x in list(v)[:10_000]]
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return str(v)
+    return str(v)[:1000]
