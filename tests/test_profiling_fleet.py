@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def _netns_reason() -> str | None:
 
 def run_in_netns(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
-    cmd = " ".join(["ip link set lo up &&", "exec", sys.executable, *args])
+    cmd = "ip link set lo up && exec " + shlex.join([sys.executable, *args])
     return subprocess.run(["unshare", "-n", "sh", "-c", cmd], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
@@ -61,6 +62,34 @@ def test_board_spread_from_records():
     assert s["stitches"]["0"]["spread"] == pytest.approx(0.2) and s["max_spread"] == pytest.approx(0.25)
     assert s["board_factor"]["b2"] > 1 > s["board_factor"]["b1"]
     assert board_spread(recs[-1:]) is None
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install 'esta-export[fleet]'")
+def test_profile_ray_without_a_cluster_is_one_line(compiled):
+    """Nothing listens at the address: one line, exit 2, in seconds (Ray itself retries for
+    minutes). Run in the loopback-only namespace, so no packet leaves it."""
+    reason = _netns_reason()
+    if reason:
+        pytest.skip(reason)
+    code = ("import sys; from esta_export.cli import main; sys.exit(main(['profile', sys.argv[1], "
+            "'--target', 'cpu', '--ray', sys.argv[2]]))")
+    for address, needle in (("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
+                            ("nonsense", "is not HOST:PORT")):
+        r = run_in_netns(["-c", code, str(compiled), address], timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_report_shows_the_spread_between_boards(tmp_path):
+    from esta_export.profiling.store import ProfileStore
+    from esta_export.report.json_report import _fleet_spread
+
+    store = ProfileStore(tmp_path / "cpu.jsonl")
+    store.append([{"stitch_id": s, "board": b, "fleet": {"role": "common"}, "latency_ms": {"median": ms}}
+                  for s, b, ms in [(0, "b1", 1.0), (0, "b2", 1.5)]])
+    spread = _fleet_spread({"store": str(store.path)})
+    assert spread["boards"] == ["b1", "b2"] and spread["max_spread"] == pytest.approx(0.5)
+    assert _fleet_spread({"store": str(tmp_path / "none.jsonl")}) is None
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,6 @@ def test_replay_saved_run_config(tmp_path):
     again = subprocess.run([sys.executable, "-m", "esta_export", "--config", str(tmp_path / "run.json"), "--dry-run"],
                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and json.loads(again.stdout) == cfg
+    # --ray (profile on a Ray fleet) is part of the saved configuration
+    fleet = _demo(tmp_path / "f", "--ray", "127.0.0.1:6379", "--dry-run", timeout=120)
+    assert fleet.returncode == 0 and json.loads(fleet.stdout)["ray"] == "127.0.0.1:6379"

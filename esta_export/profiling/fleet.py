@@ -52,6 +52,25 @@ def _ray():
     return ray
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, and fast, when nothing listens at ``HOST:PORT`` (Ray itself retries for
+    minutes). Other forms ("auto", "ray://...") are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        if address != "auto" and "://" not in address:
+            raise InputError(f"--ray {address!r} is not HOST:PORT",
+                             hint="give the head node's address, e.g. --ray 192.168.1.10:6379")
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ProfileError(f"no Ray cluster answers at {address} ({err.strerror or err})",
+                           hint="start the head with 'ray start --head --port PORT "
+                                "--disable-usage-stats' and pass its HOST:PORT") from None
+
+
 @dataclass(frozen=True)
 class Board:
     node_id: str
@@ -205,8 +224,15 @@ def profile_fleet(compiled_dir: str | Path, target: Any, store_path: str | Path 
     if ship_code:
         runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
     if not ray.is_initialized():
-        ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING",
-                 log_to_driver=False, namespace="esta-export")
+        check_reachable(address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING",
+                     log_to_driver=False, namespace="esta-export")
+        except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+            raise ProfileError(f"cannot join the Ray cluster at {address}: "
+                               f"{str(err).strip().splitlines()[0][:200]}",
+                               hint=f"check that the head runs Ray {RAY_VERSION} (pip install "
+                                    f"'esta-export[fleet]') and is reachable") from None
     resource = TARGET_PREFIX + target.name
     boards = boards_for(ray.nodes(), target.name)
     if not boards:
