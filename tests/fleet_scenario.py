@@ -46,7 +46,9 @@ def main() -> int:
 
     from esta_export.profiling.fleet import board_spread, profile_fleet
 
-    fast_failure = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+    # A killed node is declared dead within ~5 s (Ray's default is slower); not so fast that a node
+    # of this busy machine is declared dead while alive.
+    fast_failure = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5,
                     "health_check_initial_delay_ms": 1000}
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "object_store_memory": 80 << 20,

@@ -344,6 +344,8 @@ def profile_fleet(compiled_dir: str | Path, target: Any, store_path: str | Path 
             key_map[key] = rec
             say(f"{role} stitch {row['id']} on {ran_on.name}: "
                 f"{rec['latency_ms']['median']:.3g} ms")
+    alive_ids = {b.node_id for b in alive_boards()}  # a board that left during the last task
+    result.left += [b.name for b in boards if b.node_id not in alive_ids and b.name not in result.left]
     result.wall_s = time.monotonic() - t_start
     return result
 
