@@ -37,6 +37,7 @@ class RunConfig:
     runs: int | None = None
     seconds: float | None = None
     stability: str = "robust_cv"
+    tune: bool | None = None  # None: on for CPU targets (ONNX Runtime, OpenVINO)
     latency_budget_ms: float | None = None
     max_stitches: int | None = None
     min_accuracy: float | None = None
@@ -210,7 +211,9 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
         return 0
 
     # 3. profile (measured latency, on this machine, with the target's runtime)
-    from .profiling.compiled import profile_compiled
+    # In a clean process (numpy + the runtime, like the app's; this one holds torch), with the
+    # session settings tuned on this machine first for CPU targets (profiling/tune.py).
+    from .profiling.compiled import profile_in_clean_process
     store = out / "profiles" / f"{target.name}.jsonl"
     if cfg.ray:
         from .profiling.fleet import profile_fleet
@@ -220,9 +223,14 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
              f"({', '.join(b.name for b in fleet.boards)}; left: {', '.join(fleet.left) or 'none'}), "
              f"{len(fleet.cached)} reused from {store}", quiet)
     else:
-        prof = profile_compiled(compiled_dir, target, store, budget=cfg.profile_budget, fresh=cfg.fresh,
-                                min_runs=cfg.runs, min_seconds=cfg.seconds, cv_metric=cfg.stability,
-                                progress=None if quiet else _profile_note(info))
+        tune = cfg.tune if cfg.tune is not None else (
+            target.device.kind == "cpu" and target.backend in ("onnxruntime", "openvino"))
+        prof = profile_in_clean_process(compiled_dir, target, store, budget=cfg.profile_budget,
+                                        fresh=cfg.fresh, min_runs=cfg.runs, min_seconds=cfg.seconds,
+                                        cv_metric=cfg.stability, tune=tune, progress=not quiet)
+        if prof.tune:
+            info(f"session settings tuned on this machine: {prof.tune['choice']}"
+                 + (f" ({prof.tune['note']})" if prof.tune.get("note") else ""), quiet)
         info(f"profile: {len(prof.measured)} measured, {len(prof.cached)} reused from {store}, "
              f"{len(prof.predicted)} predicted", quiet)
         for w in prof.warnings:
@@ -254,16 +262,6 @@ def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool) -> Path:
     path = write_bundle(out, target, out / "bundle" / target, archive=cfg.archive)
     info(f"bundle: {path}", quiet)
     return path
-
-
-def _profile_note(info):
-    last = {"phase": None}
-
-    def note(phase: str, fraction: float, detail: str = "") -> None:
-        if phase != last["phase"]:
-            last["phase"] = phase
-            info(f"  profiling: {phase} {detail}".rstrip())
-    return note
 
 
 def _fmt(v) -> str:

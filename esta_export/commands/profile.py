@@ -27,6 +27,10 @@ class ProfileCommand:
         p.add_argument("--stability", choices=("cv", "trimmed_cv", "robust_cv"),
                        help="dispersion that flags a stitch unstable (default: cv = std/mean)")
         p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
+        p.add_argument("--tune", action="store_true",
+                       help="first measure the session settings that matter here (threads, "
+                            "spinning, shared weights / OpenVINO hints) on a few stitches and "
+                            "profile with the fastest that meets the stability goal")
         p.add_argument("--fresh", action="store_true",
                        help="measure again even when the store has a matching record")
         p.add_argument("--remote", metavar="USER@HOST[:PORT]",
@@ -61,13 +65,18 @@ class ProfileCommand:
         res = profile_compiled(compiled, target, store, stitch_ids=ids, budget=args.budget,
                                fresh=args.fresh, min_runs=args.runs, min_seconds=args.seconds,
                                memory=not args.no_memory, progress=_progress(),
-                               cv_metric=args.stability)
+                               cv_metric=args.stability, tune=args.tune)
         print(f"{len(res.measured)} stitches measured, {len(res.cached)} reused from {res.store}"
               + (f", {len(res.predicted)} predicted" if res.predicted else ""))
         if res.predictor and res.predictor.get("leave_one_out", {}).get("mape") is not None:
             loo = res.predictor["leave_one_out"]
             print(f"predictor: leave-one-out MAPE {loo['mape']:.1%}, "
                   f"{loo['within_10pct']:.0%} within +-10% (n={loo['n_eval']})")
+        if res.tune is not None:
+            t = res.tune
+            print(f"session settings: {t['choice']} ({'tuned now' if args.tune else 'tuned earlier'} "
+                  f"on stitches {t['stitches']}; {len(t.get('candidates', []))} candidates"
+                  + (f"; {t['note']}" if t.get("note") else "") + ")")
         for w in res.warnings:
             print(f"warning: {w}", file=sys.stderr)
         return 0

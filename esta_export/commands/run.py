@@ -32,6 +32,11 @@ class Run:
         g.add_argument("--seconds", type=cli_float(0, 3600, positive=True), default=None, help="minimum timed seconds per stitch")
         g.add_argument("--stability", choices=("cv", "trimmed_cv", "robust_cv"), default="robust_cv",
                        help="dispersion measure that flags unstable timings (default robust_cv)")
+        g.add_argument("--tune", dest="tune", action="store_true", default=None,
+                       help="measure the session settings on this machine before profiling "
+                            "(default for CPU targets)")
+        g.add_argument("--no-tune", dest="tune", action="store_false",
+                       help="profile with the target's session settings as they are")
         g.add_argument("--latency-budget-ms", type=cli_float(0, 1e9, positive=True), default=None)
         g.add_argument("--max-stitches", type=cli_int(1, 1_000_000), default=None, help="spread K stitches along the front")
         g.add_argument("--min-accuracy", type=cli_float(0, 1), default=None)

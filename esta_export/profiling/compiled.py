@@ -10,6 +10,7 @@ Pareto front until the front holds only measured stitches.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class ProfileResult:
     predicted: dict[Hashable, float] = field(default_factory=dict)           # id -> median ms
     predictor: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    tune: dict[str, Any] | None = None                                         # --tune's choice
 
     @property
     def records(self) -> dict[Hashable, dict[str, Any]]:
@@ -46,7 +48,9 @@ class ProfileResult:
         return {"store": str(self.store), "target": self.target, "env_hash": self.env_hash,
                 "measured": sorted(map(str, self.measured)), "cached": sorted(map(str, self.cached)),
                 "predicted": {str(k): v for k, v in self.predicted.items()},
-                "predictor": self.predictor, "warnings": self.warnings}
+                "predictor": self.predictor, "warnings": self.warnings,
+                "tune": None if self.tune is None else {k: self.tune.get(k) for k in
+                                                        ("choice", "choice_meets_goal", "stitches", "note")}}
 
 
 def default_store_path(compiled_dir: str | Path, target_name: str) -> Path:
@@ -135,7 +139,7 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                      min_runs: int | None = None, min_seconds: float | None = None,
                      memory: bool = True, batch_sizes: Sequence[int] | None = None,
                      cv_metric: str | None = None,
-                     session: SessionSettings | None = None) -> ProfileResult:
+                     session: SessionSettings | None = None, tune: bool = False) -> ProfileResult:
     """Measure the compiled stitches of ``compiled_dir`` on this machine (see module doc)."""
     from ..backends import get_backend
     from ..predict import LatencyModel, choose_profile_subset, leave_one_out
@@ -173,8 +177,15 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
     backend = get_backend(backend_name)
     proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds,
                                        cv_metric=cv_metric)
-    # The session configuration the bundle runtime will use: 'profile --tune''s choice, else the
-    # target's [execution]; recorded in every record and keyed into the cache.
+    # The session configuration the bundle runtime will use: 'profile --tune''s choice (measured
+    # now, or earlier on this machine), else the target's [execution]; recorded in every record
+    # and keyed into the cache.
+    from .tune import apply_choice, tune_session, tuned_choice
+    tuned = (tune_session(compiled_dir, target, store.path, progress=progress, protocol=proto) if tune
+             else tuned_choice(store.path, target, env_hash(fingerprint())))
+    if tuned is not None and session is None:
+        target, session = apply_choice(target, tuned["choice"])
+        session = session or dataclasses.replace(SessionSettings.from_target(target), source="tuned")
     session = session or SessionSettings.from_target(target)
     threads = session.threads
     env = fingerprint(threads=threads or None)
@@ -185,6 +196,7 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                  False) else "not included" if getattr(getattr(target, "device", None), "kind",
                  "cpu") != "cpu" else "none (host memory, CPU execution)")
     result = ProfileResult(store.path, target.name, env, ehash)
+    result.tune = tuned
     say = progress or (lambda phase, frac, detail: None)
     by_id = {r["id"]: r for r in rows}
     missing_files = [r["id"] for r in rows if not r.get("path")
@@ -330,7 +342,10 @@ def _record(row: dict[str, Any], stats: LatencyStats, target: Any, backend: str,
         "memory_error": mem.get("error"),
         "env": env, "env_hash": ehash, "settings_hash": settings,
         "transfers": transfers, "measured": True, "time": now_iso(),
-        "session": session.to_dict(),
+        "session": session.to_dict() if backend == "onnxruntime" else {
+            "threads": getattr(target.execution, "threads", 0) or None,
+            "performance_hint": getattr(target.execution, "performance_hint", None),
+            "source": session.source},
         # Where it really ran, from the fingerprint (not the target file's claim).
         "hardware": hw, "verified_on_hardware": hw["matches"],
     }
@@ -341,3 +356,75 @@ def _record(row: dict[str, Any], stats: LatencyStats, target: Any, backend: str,
     if predicted_ms is not None:
         rec["predicted_before_ms"] = predicted_ms
     return rec
+
+
+# ---------------------------------------------------------------- timing in a clean process
+
+
+def profile_in_clean_process(compiled_dir: str | Path, target: Any, store_path: str | Path,
+                             *, progress: bool = False, **kw: Any) -> ProfileResult:
+    """:func:`profile_compiled` in a fresh Python process that imports no torch.
+
+    An application process holds numpy and one runtime. The main job's process also holds torch
+    (its OpenMP pool) and the exporter's and validator's sessions; timing there measured the same
+    artifacts up to 2.5x slower than a plain loop in a clean process. So the main job times in a
+    process like the app's. Same arguments as :func:`profile_compiled` (JSON-able ones).
+    """
+    import json
+    import subprocess
+    import sys
+
+    from ..errors import EstaError
+
+    ref = target if isinstance(target, (str, Path)) else (target.source or target.name)
+    payload = {"compiled_dir": str(compiled_dir), "target": str(ref), "store": str(store_path),
+               "progress": bool(progress), "kw": kw}
+    code = "import sys; from esta_export.profiling.compiled import _clean_child; sys.exit(_clean_child())"
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload, default=str),
+                          stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE,
+                          text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    try:
+        out = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise ProfileError(f"the profiling process failed: {tail[0]}",
+                           hint="run 'esta-export profile' on the compiled folder to see why") from None
+    if "error" in out:
+        raise EstaError(out["error"])  # already one line with its hint
+    def ids(d: dict) -> dict:
+        return {int(k) if str(k).lstrip("-").isdigit() else k: v for k, v in d.items()}
+    res = ProfileResult(Path(out["store"]), out["target"], out["env"], out["env_hash"],
+                        ids(out["measured"]), ids(out["cached"]), ids(out["predicted"]),
+                        out.get("predictor"), out.get("warnings", []), out.get("tune"))
+    return res
+
+
+def _clean_child() -> int:
+    import json
+    import sys
+
+    from ..errors import EstaError
+
+    payload = json.loads(sys.stdin.read())
+    say = None
+    if payload.get("progress"):
+        last = {"phase": None}
+
+        def say(phase: str, frac: float, detail: str) -> None:
+            if phase != last["phase"] or frac >= 1.0:
+                print(f"  {phase} {detail}".rstrip(), file=sys.stderr, flush=True)
+                last["phase"] = phase
+    try:
+        res = profile_compiled(payload["compiled_dir"], payload["target"], payload["store"],
+                               progress=say, **payload["kw"])
+    except EstaError as err:
+        print(json.dumps({"error": str(err)}))
+        return 0
+    print(json.dumps({"store": str(res.store), "target": res.target, "env": res.env,
+                      "env_hash": res.env_hash, "measured": {str(k): v for k, v in res.measured.items()},
+                      "cached": {str(k): v for k, v in res.cached.items()},
+                      "predicted": {str(k): v for k, v in res.predicted.items()},
+                      "predictor": res.predictor, "warnings": res.warnings, "tune": res.tune},
+                     default=str))
+    return 0

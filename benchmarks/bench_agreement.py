@@ -1,0 +1,312 @@
+"""Agreement benchmark (issue 11 item 2): do the profiler's numbers match the tools users trust?
+
+    python benchmarks/bench_agreement.py [--supernet S.safetensors] [--stitches 0,5,9] [--out DIR]
+    python benchmarks/bench_agreement.py --tensorrt BUNDLE_DIR   # on the device (see below)
+
+Ratios from one run (load average printed at each step; on a shared machine they scatter):
+(a) ONNX Runtime: the median ``esta-export profile`` records for each stitch (the product's
+    protocol, the bundle runtime's session settings) / the median of a plain loop over ONE session
+    of the same artifact with the same session options (nothing else loaded). Goal 0.9-1.1 idle.
+(b) OpenVINO: the profiler's median for the ``intel-cpu`` artifact (IR) / ``benchmark_app -hint
+    latency -api sync`` on the same IR with the same inference precision (f32), threads (the
+    target's; none given = the plugin's default on both sides) and streams (1, as the latency hint
+    sets; read back from both sides). Goal 0.9-1.1 idle.
+(c) Bundle app: ``app.py --stitch K --runs N`` median (the app's own timing loop) / the latency the
+    bundle manifest records for that stitch. Goal 0.85-1.15 idle.
+(d) TensorRT (``--tensorrt BUNDLE``, run ON the Jetson/GPU after ``build_engines.py``): the
+    bundle's ``profile_device.py`` median (h2d + compute + d2h per call, as the app runs) and
+    ``trtexec --loadEngine=PLAN --exportTimes=...`` per-iteration compute time (GPU compute only)
+    and end-to-end latency (h2d + compute + d2h), per engine. NOT VERIFIED ON HARDWARE: no TensorRT
+    device was at hand; the trtexec flags and its --exportTimes JSON fields ("computeMs",
+    "latencyMs") follow NVIDIA's trtexec documentation.
+
+Stitches: by default the fastest, the median and the slowest by FLOPs of the supernet (default:
+the shipped demo). Each side's settings are printed beside its number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEMO = ROOT / "examples" / "demo" / "digits-esta.safetensors"
+VAL = ROOT / "examples" / "demo" / "digits-val.npz"
+
+
+def load_avg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def esta(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "esta_export", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd)
+
+
+def pick_stitches(supernet: Path) -> list[int]:
+    proc = esta("inspect", str(supernet), "--json")
+    if proc.returncode:
+        sys.exit(f"inspect failed: {proc.stderr.strip()}")
+    rows = sorted(json.loads(proc.stdout)["stitches"], key=lambda s: s["flops"])
+    return sorted({rows[0]["id"], rows[len(rows) // 2]["id"], rows[-1]["id"]})
+
+
+def main_job(supernet: Path, target: str, out: Path, ids: list[int], val: Path | None) -> Path:
+    args = [str(supernet), "--target", target, "--out", str(out), "--fresh",
+            "--stitches", ",".join(map(str, ids))]
+    if val is not None and val.is_file():
+        args += ["--val-data", str(val)]
+    t0 = time.perf_counter()
+    proc = esta(*args)
+    if proc.returncode:
+        sys.exit(f"main job for {target} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    print(f"   main job ({target}, stitches {ids}) in {time.perf_counter() - t0:.0f} s; load {load_avg()}",
+          flush=True)
+    return out
+
+
+def records(store: Path) -> dict[int, dict]:
+    out = {}
+    for line in store.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[int(rec["stitch_id"])] = rec
+    return out
+
+
+def ratio_line(name: str, ours: float, theirs: float, lo: float, hi: float, extra: str = "") -> float:
+    r = ours / theirs
+    ok = "within" if lo <= r <= hi else "OUTSIDE"
+    print(f"   {name:<10} profiler {ours:8.3f} ms  reference {theirs:8.3f} ms  ratio {r:5.2f} "
+          f"({ok} {lo}-{hi}){extra}", flush=True)
+    return r
+
+
+# ---------------------------------------------------------------- (a) ONNX Runtime
+
+
+def plain_ort_loop(path: Path, session: dict, shape: list[int], seconds: float) -> tuple[float, dict]:
+    """One session, nothing else loaded, the same session options; median of a timed loop."""
+    import onnxruntime as ort
+
+    from esta_export.runtime.session import SessionSettings, ort_session_options
+
+    settings = SessionSettings.from_dict(session)
+    so = ort_session_options(ort, settings)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    t_end = time.perf_counter() + 0.2
+    while time.perf_counter() < t_end:
+        sess.run(None, {name: x})
+    times = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 50:
+        t = time.perf_counter_ns()
+        sess.run(None, {name: x})
+        times.append((time.perf_counter_ns() - t) / 1e6)
+    return float(np.median(times)), settings.to_dict()
+
+
+def part_ort(job: Path, seconds: float) -> dict:
+    print(f"\n(a) ONNX Runtime: profiler vs a plain single-session loop; load {load_avg()}")
+    comp = json.loads((job / "compiled" / "cpu" / "compile.json").read_text())
+    recs = records(job / "profiles" / "cpu.jsonl")
+    out = {}
+    for art in comp["artifacts"]:
+        rec = recs.get(int(art["id"]))
+        if rec is None:
+            continue
+        med, settings = plain_ort_loop(job / "compiled" / "cpu" / art["path"], rec["session"],
+                                       rec["input_shape"], seconds)
+        if not out:
+            print(f"   both sides: session {settings}; profiler protocol: blocks of >= "
+                  f"{rec['protocol']['block_calls']} calls and {rec['protocol']['block_ms']} ms per "
+                  f"visit, {len(recs)} stitches loaded; plain loop: 1 session, {seconds} s")
+        out[art["id"]] = ratio_line(f"stitch {art['id']}", rec["latency_ms"]["median"], med, 0.9, 1.1,
+                                    f"  [profiler 95% CI {rec['latency_ms']['median_ci'][0]:.3f}-"
+                                    f"{rec['latency_ms']['median_ci'][1]:.3f}]")
+    print(f"   load {load_avg()}")
+    return out
+
+
+# ---------------------------------------------------------------- (b) OpenVINO
+
+
+def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: float,
+                  report: Path) -> tuple[float, dict]:
+    exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
+           "-infer_precision", "f32", "-t", str(seconds), "-shape", f"[{','.join(map(str, shape))}]",
+           "-report_type", "no_counters", "-report_folder", str(report)]
+    if threads:
+        cmd += ["-nthreads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
+    m = re.search(r"Median:\s*([\d.]+)\s*ms", text)
+    if proc.returncode or not m:
+        raise RuntimeError(f"benchmark_app failed: {text.strip().splitlines()[-3:]}")
+    seen = {k: v for k, v in re.findall(r"\b(NUM_STREAMS|INFERENCE_NUM_THREADS|INFERENCE_PRECISION_HINT|"
+                                        r"PERFORMANCE_HINT):\s*(\S+)", text)}
+    return float(m.group(1)), {"command": " ".join(cmd[1:]), **seen}
+
+
+def part_openvino(job: Path, seconds: float) -> dict:
+    import openvino as ov
+
+    print(f"\n(b) OpenVINO: profiler vs benchmark_app -hint latency -api sync; load {load_avg()}")
+    cdir = job / "compiled" / "intel-cpu"
+    comp = json.loads((cdir / "compile.json").read_text())
+    recs = records(job / "profiles" / "intel-cpu.jsonl")
+    threads = (comp.get("target_spec") or {}).get("execution", {}).get("threads") or None
+    out = {}
+    for art in comp["artifacts"]:
+        rec = recs.get(int(art["id"]))
+        if rec is None:
+            continue
+        med, seen = benchmark_app(cdir / art["path"], rec["input_shape"], threads, seconds,
+                                  job / "bench_app" / str(art["id"]))
+        if not out:
+            core = ov.Core()
+            cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                   **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+            cm = core.compile_model(core.read_model(str(cdir / art["path"])), "CPU", cfg)
+            ours = {k: str(cm.get_property(k)) for k in ("NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                                                         "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT")}
+            print(f"   profiler: compiled with {cfg} -> plugin reports {ours}")
+            print(f"   benchmark_app: {seen.pop('command')} -> reports {seen}")
+        out[art["id"]] = ratio_line(f"stitch {art['id']}", rec["latency_ms"]["median"], med, 0.9, 1.1)
+    print(f"   load {load_avg()}")
+    return out
+
+
+# ---------------------------------------------------------------- (c) bundle app
+
+
+def part_bundle(job: Path, runs: int) -> dict:
+    print(f"\n(c) bundle app: app.py --stitch K --runs {runs} vs the manifest; load {load_avg()}")
+    bundle = job / "bundle" / "cpu"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    print(f"   manifest session: {manifest.get('session')}")
+    out = {}
+    for s in manifest["stitches"]:
+        lat = (s.get("latency") or {}).get("median")
+        if lat is None:
+            continue
+        proc = subprocess.run([sys.executable, str(bundle / "app.py"), "--stitch", str(s["id"]),
+                               "--runs", str(runs), "--no-verify"], capture_output=True, text=True,
+                              cwd=bundle)
+        m = re.search(r"median ([\d.]+) ms", proc.stdout)
+        if proc.returncode or not m:
+            print(f"   stitch {s['id']}: app failed: {proc.stderr.strip()[-200:]}")
+            continue
+        app_med = float(m.group(1))
+        r = app_med / lat
+        ok = "within" if 0.85 <= r <= 1.15 else "OUTSIDE"
+        print(f"   stitch {s['id']:<4} app {app_med:8.3f} ms  manifest {lat:8.3f} ms  ratio {r:5.2f} "
+              f"({ok} 0.85-1.15)", flush=True)
+        out[s["id"]] = r
+    print(f"   load {load_avg()}")
+    return out
+
+
+# ---------------------------------------------------------------- (d) TensorRT, on the device
+
+
+def part_tensorrt(bundle: Path, seconds: float) -> int:
+    """On the device: profile_device.py vs trtexec --loadEngine --exportTimes per engine.
+    NOT VERIFIED ON HARDWARE."""
+    print(f"(d) TensorRT (NOT VERIFIED ON HARDWARE): profile_device.py vs trtexec; load {load_avg()}")
+    trtexec = shutil.which("trtexec") or next((p for p in ("/usr/src/tensorrt/bin/trtexec",)
+                                               if Path(p).is_file()), None)
+    if trtexec is None:
+        print("   trtexec not found (on JetPack: /usr/src/tensorrt/bin/trtexec)")
+        return 2
+    proc = subprocess.run([sys.executable, str(bundle / "profile_device.py"), "--bundle", str(bundle)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        print(f"   profile_device.py failed: {proc.stderr.strip()}")
+        return 1
+    recs = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    engines = {int(s["id"]): s.get("engine") for s in manifest["stitches"]}
+    name = manifest["input"].get("name", "pixels")
+    for rec in recs:
+        eng = engines.get(int(rec["stitch_id"])) or {}
+        plan = bundle / eng.get("path", "")
+        if not plan.is_file():
+            print(f"   stitch {rec['stitch_id']}: no engine at {plan}")
+            continue
+        shape = "x".join(map(str, rec["input_shape"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            times = Path(tmp) / "times.json"
+            cmd = [trtexec, f"--loadEngine={plan}", f"--shapes={name}:{shape}", "--warmUp=200",
+                   f"--duration={seconds:g}", "--useSpinWait", f"--exportTimes={times}"]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode or not times.is_file():
+                print(f"   stitch {rec['stitch_id']}: trtexec failed: {p.stdout.strip()[-200:]}")
+                continue
+            it = json.loads(times.read_text())
+        compute = float(np.median([t["computeMs"] for t in it]))
+        e2e = float(np.median([t.get("latencyMs", t["computeMs"]) for t in it]))
+        ours = rec["latency_ms"]["median"]
+        print(f"   stitch {rec['stitch_id']:<4} profiler {ours:.3f} ms (h2d+compute+d2h)  trtexec "
+              f"compute {compute:.3f} ms, end-to-end {e2e:.3f} ms  ratio to end-to-end {ours / e2e:.2f}, "
+              f"to compute {ours / compute:.2f}  [{' '.join(cmd[1:])}]")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--supernet", type=Path, default=DEMO)
+    ap.add_argument("--val-data", type=Path, default=VAL)
+    ap.add_argument("--stitches", default=None, help="ids (default: fastest, median, slowest by FLOPs)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--seconds", type=float, default=3.0, help="reference tools' timed seconds per stitch")
+    ap.add_argument("--app-runs", type=int, default=300)
+    ap.add_argument("--only", default="a,b,c")
+    ap.add_argument("--tensorrt", type=Path, metavar="BUNDLE", help="run part (d) on this device")
+    args = ap.parse_args()
+    if args.tensorrt:
+        return part_tensorrt(args.tensorrt, args.seconds)
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench-agreement-"))
+    ids = [int(i) for i in args.stitches.split(",")] if args.stitches else pick_stitches(args.supernet)
+    print(f"bench_agreement: {args.supernet.name}, stitches {ids}, work {work}; load {load_avg()} "
+          f"({os.cpu_count()} CPUs)")
+    parts = set(args.only.split(","))
+    results: dict = {"stitches": ids, "load_start": os.getloadavg()}
+    if parts & {"a", "c"}:
+        job = main_job(args.supernet, "cpu", work / "cpu", ids, args.val_data)
+        if "a" in parts:
+            results["onnxruntime"] = part_ort(job, args.seconds)
+        if "c" in parts:
+            results["bundle_app"] = part_bundle(job, args.app_runs)
+    if "b" in parts:
+        job = main_job(args.supernet, "intel-cpu", work / "ov", ids, args.val_data)
+        results["openvino"] = part_openvino(job, args.seconds)
+    for k in ("onnxruntime", "openvino", "bundle_app"):
+        if results.get(k):
+            v = list(results[k].values())
+            print(f"{k}: median ratio {np.median(v):.2f} (range {min(v):.2f}-{max(v):.2f}, n={len(v)})")
+    results["load_end"] = os.getloadavg()
+    print(f"load average at end {load_avg()}")
+    (work / "agreement.json").write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

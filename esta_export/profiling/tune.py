@@ -1,0 +1,172 @@
+"""``esta-export profile --tune``: measure the session settings that matter on this device, pick.
+
+No fixed default that the device's own measurements contradict: on a few representative stitches
+(the fastest, the median and the slowest by FLOPs) each candidate configuration is loaded as the
+bundle runtime would load it (those stitches together) and timed with the one protocol
+(runtime/timing.py). Candidates:
+- ONNX Runtime: intra-op threads 1..cores, thread spinning off/on, shared vs private weights
+  (sharing needs prepacking off, which costs time; private weights cost memory);
+- OpenVINO: threads 1..cores and the performance hint (LATENCY: one stream; THROUGHPUT: the
+  plugin's stream count).
+The choice is the fastest candidate (geometric mean of the stitches' medians) whose dispersion
+(the protocol's metric, worst stitch) meets the goal; if none does, the fastest overall, said so.
+Candidates and choice go to ``<store>.tune.json``; ``profile`` then times every stitch with the
+choice, every record says ``session.source = "tuned"``, and the bundle manifest's ``session``
+carries it, so the app runs as measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ProfileError
+from ..fsutil import atomic_write_json
+from ..runtime.session import SessionSettings
+from .harness import TimingProtocol, profile_runners
+
+SCHEMA = "esta-export/session-tune"
+SCHEMA_VERSION = "1.0"
+# Short per-candidate protocol: the choice needs medians good to a few percent, not the final
+# figures (those come from the full profile with the chosen settings).
+TUNE_PROTOCOL = dict(min_runs=20, min_seconds=0.3, warmup_s=0.1, warmup_min=5, max_remeasure=1)
+
+
+def tune_path(store_path: str | Path) -> Path:
+    p = Path(store_path)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".tune.json")
+
+
+def cores() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, n)
+
+
+def representative(rows: Sequence[dict[str, Any]], k: int = 3) -> list[Any]:
+    """Fastest, median and slowest by FLOPs (k evenly spread when k != 3)."""
+    ordered = sorted(rows, key=lambda r: (float(r.get("flops") or 0), str(r["id"])))
+    if len(ordered) <= k:
+        return [r["id"] for r in ordered]
+    idx = sorted({round(i * (len(ordered) - 1) / (k - 1)) for i in range(k)})
+    return [ordered[i]["id"] for i in idx]
+
+
+def candidates(backend: str, n_cores: int) -> list[dict[str, Any]]:
+    threads = list(range(1, n_cores + 1))
+    if backend == "onnxruntime":
+        return [{"threads": t, "intra_op_spinning": spin, "share_weights": share}
+                for share in (True, False) for spin in (False, True) for t in threads]
+    if backend == "openvino":
+        return [{"threads": t, "performance_hint": hint} for hint in ("LATENCY", "THROUGHPUT")
+                for t in threads]
+    raise ProfileError(f"--tune knows the settings of ONNX Runtime and OpenVINO, not {backend}",
+                       hint="profile without --tune")
+
+
+def _runners(backend, target, paths: dict[Any, Path], cand: dict[str, Any]):
+    if backend.name == "onnxruntime":
+        s = SessionSettings(threads=cand["threads"], intra_op_spinning=cand["intra_op_spinning"],
+                            share_weights=cand["share_weights"], source="tuned")
+        return {i: backend.load(p, target, s) for i, p in paths.items()}
+    ex = dataclasses.replace(target.execution, threads=cand["threads"],
+                             performance_hint=cand["performance_hint"])
+    t = dataclasses.replace(target, execution=ex)
+    return {i: backend.load(p, t) for i, p in paths.items()}
+
+
+def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, *,
+                 stitches: int = 3, protocol: TimingProtocol | None = None,
+                 progress=None) -> dict[str, Any]:
+    """Measure the candidates on representative stitches, pick, write ``<store>.tune.json``."""
+    from ..backends import get_backend
+    from .compiled import input_shape_for, read_compiled, stitch_table
+    from .environment import env_hash, fingerprint
+
+    compiled_dir = Path(compiled_dir)
+    comp, export, _ = read_compiled(compiled_dir)
+    rows = [r for r in stitch_table(comp, export) if r.get("path")]
+    if not rows:
+        raise ProfileError(f"no compiled artifacts in {compiled_dir} to tune on",
+                           hint="run 'esta-export compile' first")
+    backend = get_backend(comp.get("backend") or target.backend)
+    ids = representative(rows, stitches)
+    by_id = {r["id"]: r for r in rows}
+    paths = {i: compiled_dir / by_id[i]["path"] for i in ids}
+    shape = input_shape_for(export, comp, 1)
+    base = protocol or TimingProtocol.from_target(target)
+    # Never longer than the profile itself was asked to be (--runs / --seconds).
+    proto = dataclasses.replace(base, **{k: min(v, getattr(base, k)) for k, v in TUNE_PROTOCOL.items()})
+    metric, goal = proto.cv_metric, proto.cv_threshold
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    cands = candidates(backend.name, cores())
+    order = list(np.random.default_rng(0).permutation(len(cands)))  # drift hits no config alone
+    results: list[dict[str, Any] | None] = [None] * len(cands)
+    say = progress or (lambda phase, frac, detail: None)
+    t0 = time.perf_counter()
+    for n, k in enumerate(order):
+        cand = cands[k]
+        say("tune", n / len(cands), json.dumps(cand))
+        runners = _runners(backend, target, paths, cand)
+        try:
+            stats = profile_runners(runners, inputs=x, protocol=proto)
+        finally:
+            for r in runners.values():
+                r.close()
+        med = {str(i): s.median for i, s in stats.items()}
+        results[k] = {**cand, "median_ms": med,
+                      "geomean_ms": float(math.exp(np.mean([math.log(max(v, 1e-9)) for v in med.values()]))),
+                      "dispersion": float(max(s.dispersion(metric) for s in stats.values())),
+                      "loadavg": list(os.getloadavg())}
+    done = [r for r in results if r is not None]
+    meets = [r for r in done if r["dispersion"] <= goal]
+    pool = meets or done
+    best = min(pool, key=lambda r: r["geomean_ms"])
+    choice = {k: best[k] for k in cands[0]}
+    env = fingerprint()
+    out = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "target": target.name,
+           "backend": backend.name, "stitches": ids, "env_hash": env_hash(env),
+           "cpu": env.get("processor"), "cores": cores(), "metric": metric, "goal": goal,
+           "protocol": proto.to_dict(), "candidates": done, "choice": choice,
+           "choice_meets_goal": bool(meets),
+           "note": None if meets else (f"no candidate reached {metric} <= {goal:.0%} on this "
+                                       "machine; the fastest was chosen (quiet the machine and "
+                                       "re-tune)"),
+           "seconds": time.perf_counter() - t0}
+    atomic_write_json(tune_path(store_path), out)
+    say("tune", 1.0, json.dumps(choice))
+    return out
+
+
+def tuned_choice(store_path: str | Path, target: Any, env_hash_now: str) -> dict[str, Any] | None:
+    """The ``--tune`` choice recorded next to ``store_path`` for this target on this machine."""
+    p = tune_path(store_path)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if (not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("target") != target.name
+            or data.get("env_hash") != env_hash_now or not isinstance(data.get("choice"), dict)):
+        return None
+    return data
+
+
+def apply_choice(target: Any, choice: dict[str, Any]) -> tuple[Any, SessionSettings | None]:
+    """(target with the choice in [execution], ORT session settings or None for OpenVINO)."""
+    if "performance_hint" in choice:
+        ex = dataclasses.replace(target.execution, threads=int(choice["threads"]),
+                                 performance_hint=str(choice["performance_hint"]))
+        return dataclasses.replace(target, execution=ex), None
+    s = SessionSettings(threads=int(choice["threads"]), intra_op_spinning=bool(choice["intra_op_spinning"]),
+                        share_weights=bool(choice["share_weights"]), source="tuned")
+    ex = dataclasses.replace(target.execution, threads=s.threads, share_weights=s.share_weights,
+                             intra_op_spinning=s.intra_op_spinning)
+    return dataclasses.replace(target, execution=ex), s
