@@ -10,7 +10,7 @@ demo writes). The script
    same stream loop as below, and places the deadline between the fastest and the slowest
    stitch's idle p95 (the midpoint, unless --deadline-ms);
 2. runs three policies on the same stream for --seconds each, while --hogs CPU-bound processes
-   (default: one per core) are switched on and off in a fixed pattern (--off seconds off, then
+   (default: one, another process taking a core) are switched on and off in a fixed pattern (--off seconds off, then
    --on seconds on, repeated; each hog also exits on its own after its on-phase, and all are
    killed when the policy ends or the script stops):
    - governor: esta_runtime's Governor over the whole front;
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=40.0, help="stream length per policy")
     p.add_argument("--on", type=float, default=5.0, help="seconds the competitor is on per cycle")
     p.add_argument("--off", type=float, default=5.0, help="seconds it is off per cycle (first)")
-    p.add_argument("--hogs", type=int, default=os.cpu_count() or 1, help="CPU-bound competitor processes")
+    p.add_argument("--hogs", type=int, default=1, help="CPU-bound competitor processes (default 1)")
     p.add_argument("--period-ms", type=float, default=None, help="input period (default: the deadline)")
     p.add_argument("--idle-calls", type=int, default=300, help="calls per stitch for the idle timing")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the bundle's)")

@@ -94,6 +94,10 @@ def _open(path: Path, device: Device) -> Bundle:
 def _gov(path, device, deadline=5.0, **kw) -> Governor:
     kw.setdefault("background", False)
     kw.setdefault("warm", 1)
+    # the scenarios below are sized for these thresholds (the defaults are checked apart)
+    kw.setdefault("window", 32)
+    kw.setdefault("up_at", 0.7)
+    kw.setdefault("down_at", 0.9)
     return Governor(_open(path, device), deadline_ms=deadline, clock=device.clock, power_mode=None, **kw)
 
 
@@ -113,6 +117,20 @@ def test_shared_weights_keep_the_whole_front_warm_by_default(bundle_dir):
     dev = Device()
     g = Governor(_open(bundle_dir, dev), deadline_ms=5.0, clock=dev.clock, background=False, power_mode=None)
     assert g.bundle.share_weights and g.warm is None and g.bundle.loaded == sorted(ORDER)
+
+
+def test_defaults_step_down_and_back_up(bundle_dir):
+    dev = Device()
+    g = Governor(_open(bundle_dir, dev), deadline_ms=5.0, clock=dev.clock, background=False, power_mode=None)
+    assert (g.window, g.down_at, g.up_at, g.hold) == (64, 0.95, 0.85, 64)
+    assert g.active == 4  # 4 ms <= 0.85 x 5
+    _run(g, 100)
+    dev.load = 1.5  # stitch 4: 6 ms misses; stitch 3: 4.5 ms <= 4.75 fits
+    calls = _run(g, 200)
+    assert g.active == 3 and sum(c.missed for c in calls) == 4  # the 4th slowest of 64 moves the p95
+    dev.load = 1.0
+    _run(g, 200)
+    assert g.active == 4 and g.stats()["switches"] == 2
 
 
 def test_steps_down_when_load_rises_and_then_holds(bundle_dir):
@@ -320,9 +338,10 @@ def test_start_from_the_latencies_of_this_power_mode(family, tmp_path):
                    by_mode={"MAXN": 1.0, "15W": 2.0})
     dev = Device()
     g = Governor(_open(path, dev), deadline_ms=5.0, clock=dev.clock, background=False, power_mode="15W")
-    assert g.active == 0 and any("15W" in n for n in g.stats()["notes"])  # 2 ms x 2 > 3.5 for stitch 2
+    # start: the most accurate stitch measured within 0.85 x 5 ms in that mode
+    assert g.active == 2 and any("15W" in n for n in g.stats()["notes"])  # 15W: 4 ms; stitch 3 6 ms
     g2 = Governor(_open(path, dev), deadline_ms=5.0, clock=dev.clock, background=False, power_mode="MAXN")
-    assert g2.active == 3
+    assert g2.active == 4
 
 
 @pytest.mark.parametrize("kw, match", [

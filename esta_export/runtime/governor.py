@@ -7,12 +7,14 @@ application sees moves, and a fixed stitch either misses its deadline or wastes 
 than every faster one) and moves along it:
 
 - it keeps a window of the active stitch's observed latencies and a quantile of them (nearest
-  rank: with ``window=32, quantile=0.95`` two slow calls in the last 32 move it);
+  rank: with ``window=64, quantile=0.95`` four slow calls in the last 64 move it; a shorter window
+  reacts to every pair of scheduler hiccups, a longer one forgets a past load more slowly);
 - it steps **down** as soon as that quantile passes ``down_at * deadline`` (to the slowest loaded
   stitch predicted to fit, scaling the observation by the manifest's latency ratio between the
   two stitches);
-- it steps **up** one stitch when the prediction for the slower neighbour, from the same
-  observation, fits under ``up_at * deadline``, not before ``hold`` calls on the current stitch;
+- it steps **up** when the prediction for a slower stitch, from the same observation, fits under
+  ``up_at * deadline`` (to the slowest such loaded stitch, one hop), not before ``hold`` calls on
+  the current stitch;
 - hysteresis: ``up_at < down_at``, the dwell ``hold``, the window's memory of the slow calls that
   caused a step down, and a back-off that doubles the dwell each time a step up is undone within
   two windows (a flap), halving again while the stitch holds;
@@ -77,12 +79,13 @@ class _Level:
 
 
 def _check_number(name: str, value, low: float, high: float, *, low_open: bool = True) -> float:
+    want = f"pass a finite number above {low:g}" if math.isinf(high) else f"pass a number in ({low:g}, {high:g}]"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise BundleError(f"{name}={value!r} is not a number", hint=f"pass a number in ({low:g}, {high:g}]") from None
+        raise BundleError(f"{name}={value!r} is not a number", hint=want) from None
     if not math.isfinite(v) or v > high or v < low or (low_open and v == low):
-        raise BundleError(f"{name}={value!r} is out of range", hint=f"pass a number in ({low:g}, {high:g}]")
+        raise BundleError(f"{name}={value!r} is out of range", hint=want)
     return v
 
 
@@ -137,7 +140,7 @@ class Governor:
     of calls that should meet it, and the quantile of the window that is watched.
     stitches: ids to govern (default: the bundle's front by latency and accuracy).
     window: latencies kept of the active stitch. down_at / up_at: fractions of the deadline at
-    which to step down / up (``up_at < down_at``: hysteresis). hold: calls on a stitch before a
+    which to step down / up (``up_at < down_at``: hysteresis; defaults 0.95 / 0.85). hold: calls on a stitch before a
     step up (default: ``window``). warm: stitches kept loaded each side of the active one (None:
     all; "auto": all when the bundle shares weights, else 1). start: first stitch id (default: the most accurate predicted to fit under ``up_at``).
     switch_in: "auto" (manifest ``latency.switch_in_ms``, measured here where absent), "measure"
@@ -148,8 +151,8 @@ class Governor:
     """
 
     def __init__(self, bundle, deadline_ms: float, quantile: float = 0.95, *,
-                 stitches: Iterable[int] | None = None, window: int = 32, down_at: float = 0.9,
-                 up_at: float = 0.7, hold: int | None = None, warm: int | str | None = "auto",
+                 stitches: Iterable[int] | None = None, window: int = 64, down_at: float = 0.95,
+                 up_at: float = 0.85, hold: int | None = None, warm: int | str | None = "auto",
                  start: int | None = None, switch_in: str = "auto",
                  clock: Callable[[], float] = time.perf_counter, background: bool = True,
                  trace: int = 0, power_mode: str | None = "auto") -> None:
@@ -161,7 +164,7 @@ class Governor:
         self.up_at = _check_number("up_at", up_at, 0.0, self.down_at)
         if self.up_at >= self.down_at:
             raise BundleError(f"up_at={up_at} must be below down_at={down_at}",
-                              hint="leave a gap between them (hysteresis), e.g. up_at=0.7, down_at=0.9")
+                              hint="leave a gap between them (hysteresis), e.g. up_at=0.85, down_at=0.95")
         self.hold = self.window if hold is None else _check_int("hold", hold, 1)
         if warm == "auto":
             # With shared weights a loaded stitch costs its graph and activations only (the whole
@@ -440,8 +443,7 @@ class Governor:
                 if steady <= self.down_at * d and first <= self.down_at * d:
                     break
             if target is not None:
-                if self._last_up is not None and self._last_up[1] == target \
-                        and self.calls - self._last_up[0] <= 2 * self.window:
+                if self._last_up is not None and self.calls - self._last_up[0] <= 2 * self.window:
                     self.flaps += 1
                     self._backoff = min(self._backoff * 2, 64)
                 self._last_up = None
@@ -450,14 +452,21 @@ class Governor:
         if self._last_up is not None and self.calls - self._last_up[0] > 2 * self.window:
             self._backoff = max(1, self._backoff // 2)  # that step up held: trust step-ups again
             self._last_up = None
-        up = self._pos + 1
-        if up < len(self._levels) and self._since_switch >= self.hold * self._backoff \
-                and len(self._window) >= self.window and self._loaded(up):
-            steady, first = self._predict(q, up)
-            if steady <= self.up_at * d and first <= self.down_at * d:
-                self._last_up = (self.calls, self._pos)
-                return self._switch(up, "up", q, now)
-        return None
+        if self._pos + 1 >= len(self._levels) or self._since_switch < self.hold * self._backoff \
+                or len(self._window) < self.window:
+            return None
+        target = None
+        for i in range(self._pos + 1, len(self._levels)):  # as far up as the headroom says fits
+            if not self._loaded(i):
+                break
+            steady, first = self._predict(q, i)
+            if steady > self.up_at * d or first > self.down_at * d:
+                break
+            target = i
+        if target is None:
+            return None
+        self._last_up = (self.calls, self._pos)
+        return self._switch(target, "up", q, now)
 
     def _switch(self, target: int, reason: str, q: float, now: float) -> int:
         old = self._levels[self._pos]
