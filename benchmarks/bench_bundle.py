@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tests") not in sys.path:   # the test fixtures (tests/fixtures/) build the demo family
+    sys.path.insert(0, str(ROOT / "tests"))
 
 _MEMORY_CHILD = r"""
 import json, sys, numpy as np
@@ -56,7 +58,7 @@ def _resolve(path: Path | None, target: str, work: Path) -> Path:
     from esta_export.bundle.writer import write_bundle
 
     if path is None:
-        from esta_export.bundle.testing import FamilySpec, make_family
+        from fixtures.family import FamilySpec, make_family
 
         print("building a ViT-sized test family (widths 192/384, depth 6, 224x224) ...", file=sys.stderr)
         job = make_family(work / "job", FamilySpec(widths=(192, 384), depth=6, image_size=224, patch=16,

@@ -31,6 +31,7 @@ from .backends import get_backend
 from .errors import BackendUnavailableError, CompileError, EstaError, FormatError, InputError, ResourceError
 from .fsutil import (atomic_path, atomic_write_json, check_input_file, check_not_input, check_out_dir,
                      output_lock, prepare_out_dir, read_json, sha256_bytes, sha256_file, stage_output)
+from .stages import read_compile, write_compile
 from .targets import Target, check_graph, load_target
 from .validate import describe_failure, validate
 
@@ -136,12 +137,13 @@ def _compile_into(out_dir: Path, export_dir: Path, spec: dict, target: Target, p
         "device_build_required": target.backend == "tensorrt" and not engines_built,
         "device_kit": kit_files,
         "export": _rel_or_abs(export_dir, out_dir),
+        "supernet_sha256": (spec.get("supernet") or {}).get("sha256"),
         "reference": "reference.npz",
         "reference_inputs": {"source": source, "samples": int(len(x)), "labelled": y is not None,
                              "sha256": calib_sha},
         "artifacts": artifacts, "failed": failed,
     }
-    atomic_write_json(out_dir / "compile.json", summary)
+    write_compile(out_dir, summary)
     return summary
 
 
@@ -165,21 +167,8 @@ def _raise_if_disk_full(err: BaseException, out_dir: Path) -> None:
 
 
 def read_export(export_dir: Path) -> dict[str, Any]:
-    if not export_dir.is_dir():
-        raise InputError(f"export folder not found: {export_dir}",
-                         hint="give the folder written by 'esta-export export' (holds export.json)")
-    spec = read_json(export_dir / "export.json", "export.json")
-    if spec.get("schema") != "esta-export/export":
-        raise FormatError(f"{export_dir / 'export.json'} is not an esta-export export summary",
-                          hint="give the folder written by 'esta-export export'")
-    major = str(spec.get("schema_version", "0")).split(".")[0]
-    if major != "1":
-        raise FormatError(f"export.json schema version {spec.get('schema_version')} is newer "
-                          f"than this esta-export reads (1.x)", hint="upgrade esta-export")
-    if not spec.get("stitches"):
-        raise InputError(f"{export_dir / 'export.json'} lists no exported stitches",
-                         hint="re-run the export (its 'failed' list says why)")
-    return spec
+    from .stages import read_export as read
+    return read(export_dir)
 
 
 def reference_inputs(spec: dict, calibration: str | Path | np.ndarray | None, samples: int,
@@ -245,7 +234,7 @@ def reference_logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
 def load_artifact(compile_dir: str | Path, stitch_id: int, target: Target | str | None = None):
     """A runner for one compiled stitch (for profiling and benchmarks): ``runner.infer(x)``."""
     compile_dir = Path(compile_dir)
-    summary = read_json(compile_dir / "compile.json", "compile.json")
+    summary = read_compile(compile_dir)
     art = next((a for a in summary["artifacts"] if a["id"] == stitch_id), None)
     if art is None:
         raise InputError(f"stitch {stitch_id} has no artifact in {compile_dir}",

@@ -8,10 +8,11 @@ as the export's input spec says) and ``y`` (integer labels, N).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from . import stages
 from .errors import InputError
 
 
@@ -51,38 +52,79 @@ def evaluate_runner(runner: Any, x: np.ndarray, y: np.ndarray, batch: int = 32,
 
 
 def evaluate_compiled(compiled_dir: str | Path, target: Any, val_data: str | Path,
-                      stitch_ids: Sequence[Hashable] | None = None
-                      ) -> dict[Hashable, dict[str, Any]]:
-    """Top-1 of every compiled artifact: {id: {"accuracy", "n", "source"}}."""
-    from .backends import get_backend
-    from .profiling.compiled import read_compiled, stitch_table
+                      stitch_ids: Sequence[int] | None = None
+                      ) -> dict[int, dict[str, Any]]:
+    """Top-1 of every compiled artifact: {id: {"accuracy", "n", "source"}} (runs them all)."""
     from .targets import load_target
 
     target = load_target(target) if isinstance(target, (str, Path)) else target
     compiled_dir = Path(compiled_dir)
-    comp, export, _ = read_compiled(compiled_dir)
+    comp, export, _ = stages.read_compiled(compiled_dir)
+    x, y = _checked_data(val_data, export)
+    rows = stages.stitch_table(comp, export)
+    if stitch_ids is not None:
+        wanted = {int(s) for s in stitch_ids}
+        rows = [r for r in rows if r["id"] in wanted]
+    return {r["id"]: _evaluate_row(compiled_dir, comp, target, r, x, y) for r in rows}
+
+
+def recorded_accuracy(compiled_dir: str | Path, target: Any, val_data: str | Path,
+                      store_path: str | Path | None = None) -> dict[int, dict[str, Any]]:
+    """Top-1 of every compiled artifact on ``val_data``, evaluated once: results are recorded
+    in the accuracy store (stages.AccuracyStore) keyed by the artifact's sha256 and the data
+    file's sha256, and read back on the next run instead of running the artifact again."""
+    from .fsutil import sha256_file
+    from .targets import load_target
+
+    target = load_target(target) if isinstance(target, (str, Path)) else target
+    compiled_dir = Path(compiled_dir)
+    comp, export, _ = stages.read_compiled(compiled_dir)
+    x, y = _checked_data(val_data, export)
+    data_sha = sha256_file(val_data)
+    store = stages.AccuracyStore(store_path or stages.default_accuracy_path(compiled_dir,
+                                                                            target.name))
+    known = store.lookup(data_sha)
+    out, new = {}, []
+    for row in stages.stitch_table(comp, export):
+        rec = known.get(row["sha256"]) if row.get("sha256") else None
+        if rec is None:
+            rec = {**_evaluate_row(compiled_dir, comp, target, row, x, y),
+                   "artifact_sha256": row["sha256"], "data_sha256": data_sha,
+                   "stitch_id": row["id"], "target": target.name}
+            new.append(rec)
+        out[row["id"]] = {"accuracy": rec["accuracy"], "n": rec["n"], "source": rec["source"]}
+    store.append(new)
+    return out
+
+
+def _checked_data(val_data: str | Path, export: dict[str, Any] | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     x, y = load_val_data(val_data, ((export or {}).get("input") or {}).get("shape"))
     num_classes = ((export or {}).get("output") or {}).get("num_classes")
     if num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
         raise InputError(f"{val_data}: labels range {y.min()}..{y.max()} but the model has "
                          f"{num_classes} classes", hint="use labels in 0..num_classes-1")
+    if not np.isfinite(x).all():
+        raise InputError(f"{val_data}: images 'x' hold NaN or infinite values",
+                         hint="store finite, normalised float32 images")
+    return x, y
+
+
+def _evaluate_row(compiled_dir: Path, comp: dict[str, Any], target: Any, row: dict[str, Any],
+                  x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from .backends import get_backend
+
     shapes = getattr(target, "shapes", None)
     static = bool(getattr(shapes, "static", False))
     batch = (getattr(shapes, "batch_sizes", (1,)) or (1,))[0] if static else 32
-    backend = get_backend(comp.get("backend") or target.backend)
-    out = {}
-    wanted = None if stitch_ids is None else {str(s) for s in stitch_ids}
-    for row in stitch_table(comp, export):
-        if wanted is not None and str(row["id"]) not in wanted:
-            continue
-        runner = backend.load(compiled_dir / row["path"], target)
-        try:
-            acc = evaluate_runner(runner, x, y, batch=batch, static_batch=static)
-        finally:
-            close = getattr(runner, "close", None)
-            if close:
-                close()
-        out[row["id"]] = {"accuracy": acc, "n": int(len(x)),
-                          "source": f"val-data top-1 of the compiled {comp.get('precision', '')} "
-                                    f"artifact on {target.name} ({len(x)} samples)"}
-    return out
+    runner = get_backend(comp.get("backend") or target.backend).load(compiled_dir / row["path"],
+                                                                     target)
+    try:
+        acc = evaluate_runner(runner, x, y, batch=batch, static_batch=static)
+    finally:
+        close = getattr(runner, "close", None)
+        if close:
+            close()
+    return {"accuracy": acc, "n": int(len(x)),
+            "source": f"val-data top-1 of the compiled {comp.get('precision', '')} "
+                      f"artifact on {target.name} ({len(x)} samples)"}

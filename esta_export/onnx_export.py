@@ -322,7 +322,8 @@ def _export_into(loaded: LoadedSupernet, out: Path, final: Path, ids: list[int],
         "failed": failed,
     }
     # Written last: its presence means the export finished.
-    atomic_write_json(summary_path, summary)
+    from .stages import write_export
+    write_export(out, summary)
     result.summary = summary
     result.seconds = time.perf_counter() - t_start
     return result
@@ -405,16 +406,6 @@ def _clear_export(out: Path) -> None:
 
 
 def load_export(export_dir: str | os.PathLike) -> dict:
-    """Read a finished export folder's export.json (refusing a newer major schema)."""
-    export_dir = Path(export_dir)
-    if export_dir.is_file() and export_dir.name == "export.json":
-        export_dir = export_dir.parent
-    summary = read_json(export_dir / "export.json", "export summary (export.json)")
-    if not isinstance(summary, dict) or summary.get("schema") != SCHEMA:
-        raise InputError(f"{export_dir / 'export.json'} is not an esta-export export summary",
-                         hint="point at the folder written by 'esta-export export'")
-    major = str(summary.get("schema_version", "0")).split(".")[0]
-    if not major.isdigit() or int(major) > int(SCHEMA_VERSION.split(".")[0]):
-        raise InputError(f"export.json schema {summary.get('schema_version')} is newer than this esta-export reads",
-                         hint="upgrade esta-export")
-    return summary
+    """Read a finished export folder's export.json, checked (stages.read_export)."""
+    from .stages import read_export
+    return read_export(export_dir)

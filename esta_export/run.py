@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import InputError
 from .onnx_export import ExportResult, ExportSettings, export_supernet, parse_stitch_selection
 from .progress import info, stage
+from .stages import Layout
 from .supernet.formats import LoadedSupernet
 
 
@@ -170,7 +171,7 @@ def _builtin(target) -> bool:
 def _job_writes(rel: str) -> bool:
     """Names the main job writes under OUT (an input elsewhere in OUT is left alone)."""
     top = rel.split("/", 1)[0]
-    return top in ("run.json", "export", "compiled", "profiles", "select", "report", "bundle") or top.startswith(".")
+    return top in Layout.ENTRIES or top.startswith(".")
 
 
 def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: float, quiet: bool) -> int:
@@ -178,7 +179,8 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     from .fsutil import atomic_write_json
     from .onnx_export import DEFAULT_OPSET
 
-    atomic_write_json(out / "run.json", cfg.to_json())   # replay with --config OUT/run.json
+    job = Layout(out)
+    atomic_write_json(job.run_config, cfg.to_json())   # replay with --config OUT/run.json
     info(f"supernet {loaded.path.name}: {loaded.source_format}, {len(loaded.model.space)} stitches, heads "
          f"{','.join(map(str, loaded.num_heads))} ({loaded.spec.num_heads_source}); target {target.name} "
          f"({target.backend}, {target.precision}); out {out}", quiet)
@@ -186,14 +188,14 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     # 1. export, at what the target's runtime accepts
     opset = min(cfg.opset or DEFAULT_OPSET, target.max_opset)
     layernorm = "decomposed" if (cfg.decompose_layernorm or target.layernorm == "decomposed") else "op"
-    run_export(loaded, out / "export", stitches=cfg.stitches, settings=ExportSettings(opset=opset, layernorm=layernorm),
+    run_export(loaded, job.export_dir, stitches=cfg.stitches, settings=ExportSettings(opset=opset, layernorm=layernorm),
                fresh=cfg.fresh, quiet=quiet)
 
     # 2. compile for the target
-    compiled_dir = out / "compiled" / target.name
+    compiled_dir = job.compiled_dir(target.name)
     # Validation data doubles as calibration/reference data when only that was given.
     calibration = cfg.calibration or cfg.val_data
-    comp = compile_export(out / "export", target, compiled_dir, precision=cfg.precision, calibration=calibration,
+    comp = compile_export(job.export_dir, target, compiled_dir, precision=cfg.precision, calibration=calibration,
                           progress=None if quiet else (lambda m: info(f"  {m}")), fresh=cfg.fresh)
     info(f"compile: {len(comp['artifacts'])} artifacts for {target.name} ({comp['backend']}, {comp['precision']}), "
          f"{len(comp['failed'])} left out", quiet)
@@ -214,7 +216,7 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     # In a clean process (numpy + the runtime, like the app's; this one holds torch), with the
     # session settings tuned on this machine first for CPU targets (profiling/tune.py).
     from .profiling.compiled import profile_in_clean_process
-    store = out / "profiles" / f"{target.name}.jsonl"
+    store = job.profile_store(target.name)
     if cfg.ray:
         from .profiling.fleet import profile_fleet
         fleet = profile_fleet(compiled_dir, target, store, cfg.ray, fresh=cfg.fresh, min_runs=cfg.runs,
@@ -238,7 +240,7 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
 
     # 4. select by measured latency
     from .select import select_compiled
-    sel_path = out / "select" / f"{target.name}.json"
+    sel_path = job.selection(target.name)
     sel = select_compiled(compiled_dir, target, store, latency_budget_ms=cfg.latency_budget_ms,
                           max_stitches=cfg.max_stitches, min_accuracy=cfg.min_accuracy,
                           val_data=cfg.val_data, out_path=sel_path)
@@ -247,19 +249,19 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
 
     # 5. report
     from .report import write_report
-    paths = write_report(out, out / "report", selections=[sel_path], compiled=[compiled_dir])
-    info(f"report: {paths.get('report.html', out / 'report' / 'report.html')}", quiet)
+    paths = write_report(out, job.report_dir)   # finds every selection and compiled folder under OUT
+    info(f"report: {paths['report.html']}", quiet)
 
     # 6. bundle
     bundle = _bundle(out, target.name, cfg, quiet)
-    info(f"done in {time.perf_counter() - t0:.0f} s: bundle {bundle}; report {out / 'report' / 'report.html'}"
+    info(f"done in {time.perf_counter() - t0:.0f} s: bundle {bundle}; report {paths['report.html']}"
          + ("" if target.verified_on_hardware else f"; target {target.name} not verified on hardware"), quiet)
     return 0
 
 
 def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool) -> Path:
     from .bundle.writer import write_bundle
-    path = write_bundle(out, target, out / "bundle" / target, archive=cfg.archive)
+    path = write_bundle(out, target, Layout(out).bundle_dir(target), archive=cfg.archive)
     info(f"bundle: {path}", quiet)
     return path
 

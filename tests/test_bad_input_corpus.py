@@ -141,7 +141,7 @@ def _mount_tmpfs(path: Path, options: str) -> bool:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    from esta_export.bundle.testing import make_family
+    from fixtures.family import make_family
     from esta_export.bundle.writer import write_bundle
     from esta_export.cli import main
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from esta_export.bundle.archive import extract_archive, write_archive
-from esta_export.bundle.testing import make_family
+from fixtures.family import make_family
 from esta_export.bundle.writer import write_bundle
 from esta_export.errors import BundleError, UnsafeFileError
 from esta_export.runtime import Bundle

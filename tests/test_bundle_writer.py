@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esta_export.bundle.testing import make_family
+from fixtures.family import make_family
 from esta_export.bundle.writer import write_bundle
 from esta_export.errors import BundleError, InputError
 

@@ -13,8 +13,8 @@ from esta_export.evaluate import evaluate_compiled, evaluate_runner, load_val_da
 from esta_export.select import select_compiled
 from esta_export.profiling.compiled import profile_compiled
 from esta_export.targets import load_target
-from test_predict import family
-from test_profiling_compiled import make_compiled
+from fixtures.routes import family
+from fixtures.compiled import make_compiled
 
 
 @pytest.fixture(scope="module")

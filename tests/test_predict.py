@@ -6,64 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from esta_export import predict
 from esta_export.predict import (LatencyModel, choose_profile_subset, holdout_error,
                                  leave_one_out, stitch_features)
 from esta_export.profiling.harness import profile_runners
-
-WIDTHS = (32, 96, 192)
-DEPTH = 6
-ROWS = 32
-
-
-def family() -> list[dict]:
-    """SN-Net v1-like routes over 3 anchors: pure anchors + every split of (0->1) and (1->2)."""
-    out = [{"id": a, "segments": [[a, 0, DEPTH - 1]]} for a in range(3)]
-    for a, b in ((0, 1), (1, 2)):
-        for k in range(1, DEPTH):
-            out.append({"id": len(out), "segments": [[a, 0, k - 1], [b, k, DEPTH - 1]]})
-    for s in out:  # closed-form FLOPs of the graph below
-        w = [WIDTHS[seg[0]] for seg in s["segments"]]
-        f = 192 * w[0] + sum(WIDTHS[a] ** 2 * (l - f0 + 1) for a, f0, l in s["segments"])
-        f += sum(x * y for x, y in zip(w, w[1:])) + w[-1] * 10
-        s["flops"] = 2 * ROWS * f
-        s["route"] = ">".join(f"A{a}[{f0}-{l}]" for a, f0, l in s["segments"])
-    return out
-
-
-def stitch_graph(stitch: dict, seed: int = 0) -> bytes:
-    """Embed (192->w) -> blocks (MatMul w x w + Relu) per segment, a stitching MatMul between
-    widths, head (w->10): a real graph whose cost follows the stitch's route."""
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Flatten", ["pixels"], ["t0"], axis=1)]
-    inits, cur, width, n = [], "t0", 192, 0
-
-    def matmul(d_out: int, relu: bool) -> None:
-        nonlocal cur, width, n
-        w = (rng.standard_normal((width, d_out)) / np.sqrt(width)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{n}"))
-        nodes.append(helper.make_node("MatMul", [cur, f"w{n}"], [f"m{n}"]))
-        cur = f"m{n}"
-        if relu:
-            nodes.append(helper.make_node("Relu", [cur], [f"r{n}"]))
-            cur = f"r{n}"
-        width, n = d_out, n + 1
-
-    for j, (a, first, last) in enumerate(stitch["segments"]):
-        matmul(WIDTHS[a], relu=False)  # embedding (j == 0) or stitching layer
-        for _ in range(first, last + 1):
-            matmul(WIDTHS[a], relu=True)
-    matmul(10, relu=False)
-    nodes.append(helper.make_node("Identity", [cur], ["logits"]))
-    g = helper.make_graph(nodes, "stitch", [helper.make_tensor_value_info(
-        "pixels", TensorProto.FLOAT, ["batch", 3, 8, 8])], [helper.make_tensor_value_info(
-            "logits", TensorProto.FLOAT, ["batch", 10])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
-
+from fixtures.routes import DEPTH, ROWS, WIDTHS, family, stitch_graph  # noqa: F401
 
 class Runner:
     def __init__(self, model: bytes) -> None:

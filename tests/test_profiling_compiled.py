@@ -11,44 +11,10 @@ from esta_export.errors import ProfileError
 from esta_export.fsutil import atomic_write_json, sha256_file
 from esta_export.profiling.compiled import _pareto_ids, profile_compiled
 from esta_export.profiling.store import ProfileStore
-from test_predict import family, stitch_graph
+from fixtures.compiled import make_compiled  # noqa: F401  (test_evaluate, test_report reuse it)
+from fixtures.routes import family  # noqa: F401
 
 FAST = dict(min_runs=5, min_seconds=0.01)
-
-
-def make_compiled(root: Path, fam: list[dict] | None = None, accuracy: bool = True) -> Path:
-    """OUT/export/ + OUT/compiled/cpu/ in the documented layout, compiled by the real backend."""
-    from esta_export.backends import get_backend
-    from esta_export.targets import load_target
-
-    fam = fam or family()
-    export_dir, compiled = root / "export", root / "compiled" / "cpu"
-    target, backend = load_target("cpu"), get_backend("onnxruntime")
-    stitches, artifacts = [], []
-    for s in fam:
-        rel = f"stitches/stitch_{s['id']:03d}.onnx"
-        (export_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (export_dir / rel).write_bytes(stitch_graph(s, s["id"]))
-        # Synthetic recorded accuracy: grows with compute, with a route-dependent wobble.
-        acc = 0.5 + 0.4 * (s["flops"] / max(t["flops"] for t in fam)) - 0.02 * (s["id"] % 3)
-        stitches.append({**s, "onnx": rel, "params": s["flops"] // 64,
-                         "accuracy": round(acc, 4) if accuracy else None,
-                         "accuracy_source": "supernet metadata" if accuracy else None})
-        art = backend.compile(export_dir / rel, target, compiled / f"stitch_{s['id']:03d}", "fp32")
-        path = f"stitch_{s['id']:03d}/{art.path}"
-        artifacts.append({"id": s["id"], "route": s["route"], "path": path,
-                          "sha256": sha256_file(compiled / path), "flops": s["flops"],
-                          "params": s["flops"] // 64, "validation": {"passed": True}})
-    atomic_write_json(export_dir / "export.json", {
-        "schema": "esta-export/export", "schema_version": "1.0",
-        "input": {"name": "pixels", "shape": ["batch", 3, 8, 8], "dtype": "float32"},
-        "output": {"name": "logits", "num_classes": 10}, "stitches": stitches, "failed": []})
-    atomic_write_json(compiled / "compile.json", {
-        "target": "cpu", "backend": "onnxruntime", "precision": "fp32", "runtime": {},
-        "verified_on_hardware": True, "engines_built": True, "device_build_required": False,
-        "export": "../../export/export.json", "artifacts": artifacts,
-        "failed": [{"id": 99, "reason": "validation failed (test)"}]})
-    return compiled
 
 
 @pytest.fixture(scope="module")

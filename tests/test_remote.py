@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from esta_export.bundle.remote import parse_remote, remote_profile
-from esta_export.bundle.testing import make_family
+from fixtures.family import make_family
 from esta_export.bundle.writer import write_bundle
 from esta_export.errors import InputError, RemoteError
 

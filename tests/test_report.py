@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from esta_export.cli import main
-from test_predict import family
-from test_profiling_compiled import make_compiled
+from fixtures.routes import family
+from fixtures.compiled import make_compiled
 
 
 def _chromium() -> str | None:

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from esta_export.bundle.testing import make_family
+from fixtures.family import make_family
 from esta_export.bundle.writer import write_bundle
 from esta_export.runtime import (Bundle, BundleError, EngineMismatchError, IntegrityError,
                                  NoStitchFitsError, preprocess)

@@ -12,7 +12,7 @@ from esta_export.profiling.compiled import profile_compiled
 from esta_export.profiling.store import ProfileStore
 from esta_export.pareto import kendall_tau, pareto_front, selection_value, spread_along_front
 from esta_export.select import select_compiled
-from test_profiling_compiled import make_compiled
+from fixtures.compiled import make_compiled
 
 FAST = dict(min_runs=5, min_seconds=0.01, memory=False)
 

@@ -6,7 +6,6 @@ and the folder is renamed into place at the end: a crash leaves no folder that l
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,7 +15,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BundleError, InputError
-from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from .. import stages
+from ..fsutil import atomic_write_json, atomic_write_text
+from ..stages import Layout
 from .manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, file_table, input_spec
 from .ir_pack import IrPacker
 from .repack import WeightPacker
@@ -26,52 +27,34 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 def _inputs(job_dir, target, export_dir, compiled_dir, selection) -> tuple[Path, Path, Path | None, Path | None]:
-    job = Path(job_dir) if job_dir is not None else None
-    export_dir = Path(export_dir) if export_dir else (job / "export" if job else None)
-    compiled_dir = Path(compiled_dir) if compiled_dir else (job / "compiled" / target if job else None)
+    job = Layout(job_dir) if job_dir is not None else None
+    export_dir = Path(export_dir) if export_dir else (job.export_dir if job else None)
+    compiled_dir = Path(compiled_dir) if compiled_dir else (job.compiled_dir(target) if job else None)
     if export_dir is None or compiled_dir is None:
         raise InputError("bundle needs the job folder or both --export and --compiled",
                          hint="pass the folder the main job wrote (it holds export/ and compiled/)")
-    if selection is None and job is not None and (job / "select" / f"{target}.json").is_file():
-        selection = job / "select" / f"{target}.json"
-    profiles = job / "profiles" / f"{target}.jsonl" if job is not None else None
+    if selection is None and job is not None and job.selection(target).is_file():
+        selection = job.selection(target)
+    profiles = job.profile_store(target) if job is not None else None
     return export_dir, compiled_dir, Path(selection) if selection else None, profiles
 
 
-def _latest_profiles(path: Path | None) -> dict[str, dict]:
-    """Latest measured record per artifact sha256 (profile store, JSON lines)."""
-    out: dict[str, dict] = {}
-    if path is None or not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError, AttributeError, TypeError):
-            rec = json.loads(line)
-            out[rec["artifact_sha256"]] = rec
-    return out
-
-
 def _latency(sel: dict | None, compiled_sha: str, profiles: dict[str, dict]) -> dict | None:
-    """Latency statistics with where they came from: the selection, else the profile store."""
-    if sel:
-        stats = sel.get("latency_ms") if isinstance(sel.get("latency_ms"), dict) else None
-        if isinstance(sel.get("latency"), dict):
-            stats = sel["latency"]
-        if stats is not None or isinstance(sel.get("latency"), (int, float)):
-            lat = dict(stats or {})
-            if isinstance(sel.get("latency"), (int, float)):
-                lat.setdefault("median", sel["latency"])
-            lat["source"] = lat.get("source") or sel.get("latency_source") or "measured"
-            lat.setdefault("provenance", {"from": "selection (esta-export select)",
-                                          "env_hash": sel.get("env_hash")})
-            if sel.get("unstable") is not None:
-                lat.setdefault("unstable", bool(sel["unstable"]))
-            _add_switch_in(lat, sel.get("switch_in_ms") or (profiles.get(compiled_sha) or {}).get("switch_in_ms"))
-            return lat
+    """Latency statistics with where they came from: the selection (select/<T>.json, as
+    esta-export select writes it), else the profile store's newest measured record."""
+    if sel and sel.get("latency") is not None:
+        lat = dict(sel.get("latency_ms") or {})
+        lat["median"] = sel["latency"]
+        lat["source"] = sel["latency_source"]
+        lat["provenance"] = {"from": "selection (esta-export select)", "env_hash": sel.get("env_hash")}
+        lat["unstable"] = bool(sel.get("unstable"))
+        _add_switch_in(lat, sel.get("switch_in_ms") or (profiles.get(compiled_sha) or {}).get("switch_in_ms"))
+        return lat
     rec = profiles.get(compiled_sha)
     if rec:
-        lat = {k: v for k, v in rec.get("latency_ms", {}).items()}
+        lat = dict(rec["latency_ms"])
         lat["source"] = "measured"
-        env = rec.get("env", {})
+        env = rec.get("env") or {}
         lat["provenance"] = {"from": "profile store", "env_hash": rec.get("env_hash"),
                              **{k: env.get(k) for k in ("hostname", "machine", "cpu_model", "threads") if k in env}}
         lat["unstable"] = bool(rec.get("unstable"))
@@ -108,13 +91,16 @@ def write_bundle(job_dir: str | Path | None, target: str, bundle_dir: str | Path
     """
     export_dir, compiled_dir, selection, profiles_path = _inputs(job_dir, target, export_dir,
                                                                  compiled_dir, selection)
-    export = read_json(export_dir / "export.json", "export summary (export.json)")
-    compiled = read_json(compiled_dir / "compile.json", "compile summary (compile.json)")
-    if compiled.get("target") not in (None, target):
+    export = stages.read_export(export_dir)
+    compiled = stages.read_compile(compiled_dir)
+    if compiled["target"] != target:
         raise InputError(f"{compiled_dir / 'compile.json'} is for target {compiled.get('target')!r}, "
                          f"not {target!r}", hint="pass the compiled folder of this target")
-    select = read_json(selection, "selection") if selection else None
-    profiles = _latest_profiles(profiles_path)
+    stages.check_compiled_matches_export(compiled, export, compiled_dir / stages.COMPILE_SUMMARY,
+                                         export_dir / stages.EXPORT_SUMMARY)
+    select = stages.read_selection(selection, target) if selection else None
+    profiles = (stages.read_profile_records(profiles_path, target).latest
+                if profiles_path is not None else {})
 
     plan = _plan(export, compiled, select)
     if not plan["include"]:

@@ -30,10 +30,11 @@ class BundleCommand:
 
         from ..errors import InputError
         from ..bundle.writer import write_bundle
+        from ..stages import Layout
 
         if args.out is None and args.job is None:
             raise InputError("bundle needs DIR or --out", hint="esta-export bundle OUT_DIR --target cpu")
-        out = Path(args.out) if args.out else Path(args.job) / "bundle" / args.target
+        out = Path(args.out) if args.out else Layout(args.job).bundle_dir(args.target)
         path = write_bundle(args.job, args.target, out, archive=args.archive, export_dir=args.export_dir,
                             compiled_dir=args.compiled, selection=args.selection,
                             check_outputs=not args.no_check)

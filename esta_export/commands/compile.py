@@ -36,11 +36,12 @@ class CompileCommand:
         from ..ids import parse_id_list
         from ..compile import compile_export
         from ..errors import InputError
+        from ..stages import default_compiled_dir
         from ..targets import load_target
 
         target = load_target(args.target)
         export_dir = Path(args.export_dir)
-        out = Path(args.out) if args.out else export_dir.parent / "compiled" / target.name
+        out = Path(args.out) if args.out else default_compiled_dir(export_dir, target.name)
         ids = parse_id_list(args.stitches)
         if args.samples < 1:
             raise InputError("--samples must be >= 1", hint="e.g. --samples 32")

@@ -47,7 +47,8 @@ class ProfileCommand:
     def run(args: argparse.Namespace) -> int:
         from ..ids import parse_id_list
         from ..errors import InputError
-        from ..profiling.compiled import default_store_path, profile_compiled
+        from ..profiling.compiled import profile_compiled
+        from ..stages import default_store_path
         from ..targets import load_target
 
         target = load_target(args.target)
@@ -121,7 +122,8 @@ def _remote(args, compiled: Path, target, store: Path, ids) -> int:
         raise RemoteError("--remote is not available in this build yet",
                           hint="copy the compiled folder to the device and run "
                                "'esta-export profile' there") from None
-    bundle = Path(args.bundle) if args.bundle else compiled.parent.parent / "bundle" / target.name
+    from ..stages import default_bundle_dir
+    bundle = Path(args.bundle) if args.bundle else default_bundle_dir(compiled, target.name)
     if not (bundle / "manifest.json").is_file():
         raise InputError(f"--remote needs a bundle; none at {bundle}",
                          hint=f"run 'esta-export bundle ... --target {target.name}' or pass --bundle")

@@ -19,8 +19,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 
 from ..errors import InputError, ProfileError
-from ..fsutil import read_json
 from ..runtime.session import SessionSettings
+from ..stages import default_store_path, read_compiled, stitch_table  # noqa: F401  (stages owns them)
 from .harness import LatencyStats, ProgressFn, TimingProtocol, profile_runners, stats_record, warm_up
 from .store import ProfileStore, now_iso
 
@@ -51,53 +51,6 @@ class ProfileResult:
                 "predictor": self.predictor, "warnings": self.warnings,
                 "tune": None if self.tune is None else {k: self.tune.get(k) for k in
                                                         ("choice", "choice_meets_goal", "stitches", "note")}}
-
-
-def default_store_path(compiled_dir: str | Path, target_name: str) -> Path:
-    """OUT/compiled/<T>/ -> OUT/profiles/<T>.jsonl (the main job's layout); else next to it."""
-    compiled_dir = Path(compiled_dir)
-    if compiled_dir.parent.name == "compiled":
-        return compiled_dir.parent.parent / "profiles" / f"{target_name}.jsonl"
-    return compiled_dir / "profiles" / f"{target_name}.jsonl"
-
-
-def read_compiled(compiled_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, Path]:
-    """compile.json, the export.json it names (None if gone) and the export folder."""
-    compiled_dir = Path(compiled_dir)
-    if not compiled_dir.is_dir():
-        raise InputError(f"compiled folder not found: {compiled_dir}",
-                         hint="run 'esta-export compile' first and pass its output folder")
-    comp = read_json(compiled_dir / "compile.json", "compile summary")
-    if not isinstance(comp, dict):
-        raise InputError(f"{compiled_dir / 'compile.json'} is not a compile summary (a JSON object)",
-                         hint="re-run 'esta-export compile --fresh'")
-    export = None
-    export_dir = compiled_dir
-    if comp.get("export"):
-        p = Path(comp["export"])
-        p = p if p.is_absolute() else compiled_dir / p
-        if p.is_dir():
-            p = p / "export.json"
-        export_dir = p.parent
-        if p.is_file():
-            export = read_json(p, "export summary")
-    return comp, export, export_dir
-
-
-def stitch_table(comp: dict[str, Any], export: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One row per compiled artifact, enriched with the export's segments, FLOPs and accuracy."""
-    by_id = {s["id"]: s for s in (export or {}).get("stitches", [])}
-    rows = []
-    for art in comp.get("artifacts", []):
-        ex = by_id.get(art.get("id"), {})
-        rows.append({
-            "id": art.get("id"), "route": art.get("route") or ex.get("route"),
-            "path": art.get("path"), "sha256": art.get("sha256") or art.get("source_sha256"),
-            "segments": ex.get("segments"), "flops": art.get("flops", ex.get("flops")),
-            "params": art.get("params", ex.get("params")), "accuracy": ex.get("accuracy"),
-            "accuracy_source": ex.get("accuracy_source"),
-        })
-    return rows
 
 
 def input_shape_for(export: dict[str, Any] | None, comp: dict[str, Any], batch: int) -> list[int]:
@@ -278,6 +231,9 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                 ev = leave_one_out(train, [known[i]["latency_ms"]["median"] for i in known])
                 result.predictor = {"model": model.to_dict(), "leave_one_out": ev.to_dict(),
                                     "batch": batch}
+                if batch == batches[0]:   # what select reads (it selects at the first batch)
+                    _persist_predictions(store.path, target.name, batch, by_id, known, pred,
+                                         model, result.predictor)
                 break
             say("front", 0.0, f"timing {len(todo_front)} predicted-front stitches")
             measure(todo_front, pred)
@@ -301,6 +257,20 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
             "method": "front stitches predicted, then measured"}
     say("done", 1.0, "")
     return result
+
+
+def _persist_predictions(store_path: Path, target: str, batch: int,
+                         by_id: dict[Hashable, dict[str, Any]], known: dict[Hashable, dict[str, Any]],
+                         pred: dict[Hashable, float], model: Any, predictor: dict[str, Any]) -> None:
+    """Write the fit and its predictions beside the store, keyed by artifact sha256, so select
+    reads them instead of fitting again (stages.read_predictions)."""
+    from ..stages import write_predictions
+    write_predictions(store_path, {
+        "target": target, "batch": batch,
+        "fitted_on": {known[i]["artifact_sha256"]: known[i]["latency_ms"]["median"] for i in known},
+        "predicted": {by_id[i]["sha256"]: ms for i, ms in pred.items()},
+        "extrapolated": sorted(by_id[i]["sha256"] for i in pred if not model.covers(by_id[i])),
+        "predictor": predictor})
 
 
 def _energy_pass(runners: dict, shape: list[int], proto: TimingProtocol,

@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from .. import stages
 from ..errors import InputError
+from ..stages import Layout
 
 SCHEMA = "esta-export/report"
 SCHEMA_VERSION = "1.0"
@@ -28,7 +30,8 @@ def _tool_version() -> str:
 
 def find_inputs(out_dir: str | Path | None = None, *, selections: Sequence[str | Path] = (),
                 compiled: Sequence[str | Path] = ()) -> tuple[list[Path], list[Path]]:
-    """Selection files and compiled folders from an OUT folder and/or explicit paths."""
+    """Selection files and compiled folders from an OUT folder and/or explicit paths; a file
+    given both ways (the main job passes its own selection and its OUT) is listed once."""
     sels = [Path(p) for p in selections]
     comps = [Path(p) for p in compiled]
     if out_dir is not None:
@@ -36,8 +39,9 @@ def find_inputs(out_dir: str | Path | None = None, *, selections: Sequence[str |
         if not out.is_dir():
             raise InputError(f"report folder not found: {out}",
                              hint="pass the --out folder of the main job (holds select/)")
-        sels += sorted((out / "select").glob("*.json"))
-        comps += sorted(p.parent for p in (out / "compiled").glob("*/compile.json"))
+        sels += Layout(out).selections()
+        comps += Layout(out).compiled_dirs()
+    sels, comps = _once(sels), _once(comps)
     if not sels:
         raise InputError(f"no selection found{f' under {out_dir}/select' if out_dir else ''}",
                          hint="run 'esta-export select COMPILED_DIR --target T' first, or pass "
@@ -56,23 +60,26 @@ def _fleet_spread(sel: dict[str, Any]) -> dict[str, Any] | None:
     return board_spread(ProfileStore(store).records())
 
 
+def _once(paths: list[Path]) -> list[Path]:
+    seen, out = set(), []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 def build_report(selections: Sequence[Path], compiled: Sequence[Path] = ()) -> dict[str, Any]:
-    from ..fsutil import read_json
     from ..profiling.environment import describe
 
     comp_by_target: dict[str, dict[str, Any]] = {}
     for c in compiled:
-        data = read_json(Path(c) / "compile.json", "compile summary")
-        comp_by_target[data.get("target")] = data
+        data = stages.read_compile(c)
+        comp_by_target[data["target"]] = data
     targets, warnings = [], []
     for path in selections:
-        sel = read_json(path, "selection")
-        if sel.get("schema") != "esta-export/selection":
-            raise InputError(f"{path} is not an esta-export selection",
-                             hint="pass a select/<target>.json written by 'esta-export select'")
-        if int(str(sel.get("schema_version", "1")).split(".")[0]) > 1:
-            raise InputError(f"{path} uses selection schema {sel['schema_version']}, newer than "
-                             "this esta-export reads", hint="upgrade esta-export")
+        sel = stages.read_selection(path)
         comp = comp_by_target.get(sel["target"], {})
         verified = comp.get("verified_on_hardware", sel.get("verified_on_hardware"))
         where = ((comp.get("target_spec") or {}).get("verified_on_hardware"))
@@ -121,8 +128,8 @@ def write_report(out_dir: str | Path | None = None, report_dir: str | Path | Non
 
     sels, comps = find_inputs(out_dir, selections=selections, compiled=compiled)
     report = build_report(sels, comps)
-    dest = Path(report_dir) if report_dir else (Path(out_dir) / "report" if out_dir
-                                               else sels[0].parent.parent / "report")
+    dest = Path(report_dir) if report_dir else (Layout(out_dir).report_dir if out_dir
+                                               else Layout(sels[0].parent.parent).report_dir)
     images: dict[str, bytes] = {}
     for t in report["targets"]:
         name = t["target"]
