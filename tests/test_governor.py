@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esta_export.bundle.testing import FamilySpec, make_family
+from fixtures.family import FamilySpec, make_family
 from esta_export.bundle.writer import write_bundle
 from esta_export.runtime import Bundle, BundleError, NoStitchFitsError
 from esta_export.runtime.governor import Governor, summary_lines
