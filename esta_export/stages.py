@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import FormatError, InputError
+from .validation import Fields
 
 EXPORT_SUMMARY = "export.json"
 COMPILE_SUMMARY = "compile.json"
@@ -134,91 +135,62 @@ def predictions_path(store_path: str | os.PathLike) -> Path:
 
 
 # ---- field checks ---------------------------------------------------------------------------
-class _Check:
-    """Field checks for one file: every failure is one line naming the file, field and fix."""
+class _Check(Fields):
+    """The shared field getters (esta_export.validation) with what stage files add: optional
+    values (``none=True``), paths confined to the stage folder, and the schema line."""
 
     def __init__(self, path: str | os.PathLike, what: str, fix: str) -> None:
-        self.path, self.what, self.fix = str(path), what, fix
+        super().__init__(f"{path}: {what}", FormatError, hint=fix)
 
-    def fail(self, field: str, problem: str, fix: str | None = None):
-        raise FormatError(f"{self.path}: {self.what} field {field!r} {problem}",
-                          hint=fix or self.fix)
+    def bad(self, field: str, problem: str, fix: str | None = None):
+        err = self.fail(field, problem)
+        if fix is not None:
+            err = FormatError(err.message, hint=fix)
+        raise err
 
-    def obj(self, v: Any, field: str) -> dict:
-        if not isinstance(v, dict):
-            self.fail(field, f"must be a JSON object, not {_kind(v)}")
-        return v
-
-    def list(self, v: Any, field: str) -> list:
-        if not isinstance(v, list):
-            self.fail(field, f"must be a list, not {_kind(v)}")
-        return v
-
-    def str(self, v: Any, field: str, *, none: bool = False, choices: Sequence[str] | None = None
-            ) -> str | None:
+    def str(self, v: Any, field: str, *, none: bool = False,  # type: ignore[override]
+            choices: Sequence[str] | None = None) -> str | None:
         if v is None and none:
             return None
-        if not isinstance(v, str) or not v:
-            self.fail(field, f"must be a non-empty string, not {_kind(v)}")
-        if choices is not None and v not in choices:
-            self.fail(field, f"is {v!r}, not one of {', '.join(choices)}")
-        return v
+        if choices is not None:
+            return self.enum(v, field, choices)
+        return super().str(v, field, nonempty=True)
 
-    def int(self, v: Any, field: str, *, lo: int | None = None, none: bool = False) -> int | None:
-        if v is None and none:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.fail(field, f"must be an integer, not {_kind(v)}")
-        if lo is not None and v < lo:
-            self.fail(field, f"is {v}, below {lo}")
-        return v
+    def int(self, v: Any, field: str, *, lo: int = 0, none: bool = False  # type: ignore[override]
+            ) -> int | None:
+        return None if v is None and none else super().int(v, field, lo)
 
-    def num(self, v: Any, field: str, *, lo: float | None = None, hi: float | None = None,
+    def num(self, v: Any, field: str, *, lo: float | None = None, hi: float | None = None,  # type: ignore[override]
             none: bool = False, positive: bool = False) -> float | None:
         if v is None and none:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.fail(field, f"must be a number, not {_kind(v)}")
-        if not math.isfinite(v):
-            self.fail(field, f"is {v}, not a finite number")
-        if positive and v <= 0:
-            self.fail(field, f"is {v}, must be above 0")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            self.fail(field, f"is {v}, outside [{lo}, {hi}]")
-        return float(v)
+        return super().num(v, field, -math.inf if lo is None else lo, math.inf if hi is None else hi,
+                           positive=positive)
 
-    def bool(self, v: Any, field: str, *, none: bool = False) -> bool | None:
-        if v is None and none:
-            return None
-        if not isinstance(v, bool):
-            self.fail(field, f"must be true or false, not {_kind(v)}")
-        return v
+    def bool(self, v: Any, field: str, *, none: bool = False) -> bool | None:  # type: ignore[override]
+        return None if v is None and none else super().bool(v, field)
 
     def sha(self, v: Any, field: str, *, none: bool = False) -> str | None:
-        if v is None and none:
-            return None
-        if not (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
-            self.fail(field, "must be a sha256 (64 lowercase hex digits)")
-        return v
+        return None if v is None and none else self.sha256(v, field)
 
     def relpath(self, v: Any, field: str) -> str:
         self.str(v, field)
         p = Path(v)
         if p.is_absolute() or ".." in p.parts or "\\" in v or "\0" in v:
-            self.fail(field, f"is {v!r}: must be a path inside the stage folder (relative, no '..')")
+            self.bad(field, f"is {v!r}: must be a path inside the stage folder (relative, no '..')")
         return v
 
     def schema(self, doc: dict, schema: str) -> None:
         if doc.get("schema") != schema:
-            self.fail("schema", f"is {doc.get('schema')!r}, not {schema!r} (not a file this "
-                      "stage wrote)")
+            self.bad("schema", f"is {doc.get('schema')!r}, not {schema!r} (not a file this "
+                     "stage wrote)")
         version = doc.get("schema_version", "0")
         major = str(version).split(".")[0]
         if not isinstance(version, str) or not major.isdigit():
-            self.fail("schema_version", f"is {version!r}, not a version like '1.0'")
+            self.bad("schema_version", f"is {version!r}, not a version like '1.0'")
         if int(major) > _MAJOR:
-            self.fail("schema_version", f"is {version}, newer than this esta-export reads "
-                      f"({SCHEMA_VERSION})", "upgrade esta-export or re-run the stage")
+            self.bad("schema_version", f"is {version}, newer than this esta-export reads "
+                     f"({SCHEMA_VERSION})", "upgrade esta-export or re-run the stage")
 
 
 def _kind(v: Any) -> str:
@@ -285,7 +257,7 @@ def check_export(doc: Any, path: str | os.PathLike, *, need_stitches: bool = Tru
     if shape is not None:
         c.list(shape, "input.shape")
         if len(shape) != 4:
-            c.fail("input.shape", f"has {len(shape)} dimensions, not 4 (batch, 3, H, W)")
+            c.bad("input.shape", f"has {len(shape)} dimensions, not 4 (batch, 3, H, W)")
         for i, d in enumerate(shape[1:], 1):
             c.int(d, f"input.shape[{i}]", lo=1)
     for key in ("mean", "std"):
@@ -299,9 +271,9 @@ def check_export(doc: Any, path: str | os.PathLike, *, need_stitches: bool = Tru
     if labels is not None:
         c.list(labels, "input.labels")
         if not all(isinstance(x, str) for x in labels):
-            c.fail("input.labels", "must be a list of strings")
+            c.bad("input.labels", "must be a list of strings")
         if classes is not None and len(labels) != classes:
-            c.fail("input.labels", f"has {len(labels)} names but output.num_classes is {classes}")
+            c.bad("input.labels", f"has {len(labels)} names but output.num_classes is {classes}")
     c.int(doc.get("opset"), "opset", lo=1, none=True)
     if doc.get("weights") is not None:
         c.relpath(doc["weights"], "weights")
@@ -315,7 +287,7 @@ def check_export(doc: Any, path: str | os.PathLike, *, need_stitches: bool = Tru
         c.obj(s, f)
         sid = c.int(s.get("id"), f"{f}.id", lo=0)
         if sid in seen:
-            c.fail(f"{f}.id", f"repeats stitch id {sid}")
+            c.bad(f"{f}.id", f"repeats stitch id {sid}")
         seen.add(sid)
         c.relpath(s.get("onnx"), f"{f}.onnx")
         c.str(s.get("route"), f"{f}.route", none=True)
@@ -327,7 +299,7 @@ def check_export(doc: Any, path: str | os.PathLike, *, need_stitches: bool = Tru
         if s.get("segments") is not None:
             for i, seg in enumerate(c.list(s["segments"], f"{f}.segments")):
                 if not (isinstance(seg, list) and len(seg) == 3):
-                    c.fail(f"{f}.segments[{i}]", "must be [anchor, first block, last block]")
+                    c.bad(f"{f}.segments[{i}]", "must be [anchor, first block, last block]")
                 for j, v in enumerate(seg):
                     c.int(v, f"{f}.segments[{i}][{j}]", lo=0)
     for n, fl in enumerate(c.list(doc.get("failed", []), "failed")):
@@ -370,7 +342,7 @@ def check_compile(doc: Any, path: str | os.PathLike) -> dict[str, Any]:
     for key in ("engines_built", "device_build_required"):
         c.bool(doc.get(key), key, none=True)
     if not isinstance(doc.get("verified_on_hardware"), (bool, str, type(None))):
-        c.fail("verified_on_hardware", "must be true, false or where it was verified")
+        c.bad("verified_on_hardware", "must be true, false or where it was verified")
     if doc.get("export") is not None:
         c.str(doc["export"], "export")
     c.sha(doc.get("supernet_sha256"), "supernet_sha256", none=True)
@@ -382,13 +354,13 @@ def check_compile(doc: Any, path: str | os.PathLike) -> dict[str, Any]:
         c.obj(a, f)
         sid = c.int(a.get("id"), f"{f}.id", lo=0)
         if sid in seen:
-            c.fail(f"{f}.id", f"repeats stitch id {sid}")
+            c.bad(f"{f}.id", f"repeats stitch id {sid}")
         seen.add(sid)
         c.relpath(a.get("path"), f"{f}.path")
         c.sha(a.get("sha256"), f"{f}.sha256", none=True)
         c.sha(a.get("source_sha256"), f"{f}.source_sha256", none=True)
         if a.get("sha256") is None and a.get("source_sha256") is None:
-            c.fail(f"{f}.sha256", "is missing (and so is source_sha256): the artifact has no key")
+            c.bad(f"{f}.sha256", "is missing (and so is source_sha256): the artifact has no key")
         for rel in c.obj(a.get("files", {}), f"{f}.files"):
             c.relpath(rel, f"{f}.files")
         v = a.get("validation")
@@ -490,7 +462,7 @@ def check_selection(doc: Any, path: str | os.PathLike, target: str | None = None
     c.schema(doc, SELECTION_SCHEMA)
     name = c.str(doc.get("target"), "target")
     if target is not None and name != target:
-        c.fail("target", f"is {name!r}, not {target!r}",
+        c.bad("target", f"is {name!r}, not {target!r}",
                f"pass the selection of {target} (select/{target}.json)")
     c.int(doc.get("batch", 1), "batch", lo=1)
     c.str(doc.get("mode", "pareto"), "mode", choices=("pareto", "latency-only"))
@@ -500,13 +472,13 @@ def check_selection(doc: Any, path: str | os.PathLike, target: str | None = None
         c.obj(s, f)
         sid = c.int(s.get("id"), f"{f}.id", lo=0)
         if sid in ids:
-            c.fail(f"{f}.id", f"repeats stitch id {sid}")
+            c.bad(f"{f}.id", f"repeats stitch id {sid}")
         ids.add(sid)
         src = c.str(s.get("latency_source"), f"{f}.latency_source", none=True,
                     choices=("measured", "predicted"))
         lat = c.num(s.get("latency"), f"{f}.latency", positive=True, none=True)
         if (lat is None) != (src is None):
-            c.fail(f"{f}.latency", "and latency_source must both be set or both be null")
+            c.bad(f"{f}.latency", "and latency_source must both be set or both be null")
         if s.get("latency_ms") is not None:
             for k, v in c.obj(s["latency_ms"], f"{f}.latency_ms").items():
                 if not isinstance(v, (dict, list, str, type(None))):
@@ -520,11 +492,11 @@ def check_selection(doc: Any, path: str | os.PathLike, target: str | None = None
         for n, sid in enumerate(c.list(doc.get(key, []), key)):
             c.int(sid, f"{key}[{n}]", lo=0)
             if sid not in ids:
-                c.fail(f"{key}[{n}]", f"names stitch {sid}, which 'stitches' does not list")
+                c.bad(f"{key}[{n}]", f"names stitch {sid}, which 'stitches' does not list")
     c.num(doc.get("kendall_tau"), "kendall_tau", lo=-1.0, hi=1.0, none=True)
     warnings = c.list(doc.get("warnings", []), "warnings")
     if not all(isinstance(w, str) for w in warnings):
-        c.fail("warnings", "must be a list of strings")
+        c.bad("warnings", "must be a list of strings")
     for key in ("env", "predictor", "constraints"):
         if doc.get(key) is not None:
             c.obj(doc[key], key)
@@ -562,7 +534,7 @@ def check_profile_record(rec: dict[str, Any]) -> str | None:
         c.num(rec.get("peak_rss_mb"), "peak_rss_mb", lo=0.0, none=True)
         c.str(rec.get("env_hash"), "env_hash", none=True)
     except FormatError as err:
-        return err.message.removeprefix("record: ")
+        return err.message.removeprefix("record: profile record: ")
     return None
 
 

@@ -54,7 +54,7 @@ def _one_line(err: EstaError, *words: str) -> None:
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("output.num_classes", 0, ["output.num_classes", "below 1"]),
+    ("output.num_classes", 0, ["output.num_classes", "[1,"]),
     ("input.labels", ["a", "b"], ["input.labels", "num_classes"]),
     ("stitches.0.flops", -5, ["stitches[0].flops"]),
     ("stitches.0.accuracy", float("nan"), ["stitches[0].accuracy", "finite"]),
