@@ -8,6 +8,7 @@ and writers of the stage files (docs/stages.md)::
     OUT/compiled/<T>/            compile.json + artifacts
     OUT/profiles/<T>.jsonl       profile records (append-only, locked)
     OUT/profiles/<T>.predictions.json   the latency predictor profile fitted, and its predictions
+    OUT/profiles/<T>.tune.json   profile --tune's session candidates and choice
     OUT/accuracy/<T>.jsonl       accuracy records (artifact sha256 x data sha256, append-only)
     OUT/select/<T>.json          the selection
     OUT/report/                  report.json, report.html, PNGs
@@ -127,11 +128,19 @@ def default_compiled_dir(export_dir: str | os.PathLike, target: str) -> Path:
     return Layout.of_export(export_dir).compiled_dir(target)
 
 
+def _beside_store(store_path: str | os.PathLike, kind: str) -> Path:
+    store_path = Path(store_path)
+    return store_path.with_name(f"{store_path.name.removesuffix('.jsonl')}.{kind}.json")
+
+
 def predictions_path(store_path: str | os.PathLike) -> Path:
     """The predictor's file sits beside the profile store it was fitted on."""
-    store_path = Path(store_path)
-    stem = store_path.name[:-6] if store_path.name.endswith(".jsonl") else store_path.name
-    return store_path.with_name(f"{stem}.predictions.json")
+    return _beside_store(store_path, "predictions")
+
+
+def tune_path(store_path: str | os.PathLike) -> Path:
+    """``profile --tune``'s candidates and choice, beside the store they were measured into."""
+    return _beside_store(store_path, "tune")
 
 
 # ---- field checks ---------------------------------------------------------------------------
@@ -449,6 +458,16 @@ def stitch_table(comp: dict[str, Any], export: dict[str, Any] | None) -> list[di
             "accuracy_source": ex.get("accuracy_source"),
         })
     return rows
+
+
+def input_shape_for(export: dict[str, Any] | None, comp: dict[str, Any], batch: int) -> list[int]:
+    """The stitches' input shape at ``batch`` (export.json's input, else compile.json's)."""
+    from .errors import ProfileError
+    shape = ((export or {}).get("input") or {}).get("shape") or comp.get("input_shape")
+    if not shape:
+        raise ProfileError("the export summary gives no input shape",
+                           hint="re-run 'esta-export export' (its export.json records it)")
+    return [batch] + [int(d) for d in shape[1:]]
 
 
 # ---- select/<T>.json ------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import InputError, ProfileError
 from ..runtime.session import SessionSettings
-from ..stages import default_store_path, read_compiled, stitch_table  # noqa: F401  (stages owns them)
+from ..stages import (default_store_path, input_shape_for, read_compiled,  # noqa: F401  (stages owns them)
+                      stitch_table)
 from .harness import LatencyStats, ProgressFn, TimingProtocol, profile_runners, stats_record, warm_up
 from .store import ProfileStore, now_iso
 
@@ -51,14 +52,6 @@ class ProfileResult:
                 "predictor": self.predictor, "warnings": self.warnings,
                 "tune": None if self.tune is None else {k: self.tune.get(k) for k in
                                                         ("choice", "choice_meets_goal", "stitches", "note")}}
-
-
-def input_shape_for(export: dict[str, Any] | None, comp: dict[str, Any], batch: int) -> list[int]:
-    shape = ((export or {}).get("input") or {}).get("shape") or comp.get("input_shape")
-    if not shape:
-        raise ProfileError("the export summary gives no input shape",
-                           hint="re-run 'esta-export export' (its export.json records it)")
-    return [batch] + [int(d) for d in shape[1:]]
 
 
 def _load_runner(backend: str, path: str, target_ref: str, session: dict | None = None):

@@ -40,8 +40,8 @@ TUNE_PROTOCOL = dict(min_runs=20, min_seconds=0.3, warmup_s=0.1, warmup_min=5, m
 
 
 def tune_path(store_path: str | Path) -> Path:
-    p = Path(store_path)
-    return p.with_name(p.name.removesuffix(".jsonl") + ".tune.json")
+    from ..stages import tune_path as path   # stages owns the layout
+    return path(store_path)
 
 
 def cores() -> int:
@@ -86,7 +86,7 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
                  progress=None) -> dict[str, Any]:
     """Measure the candidates on representative stitches, pick, write ``<store>.tune.json``."""
     from ..backends import get_backend
-    from .compiled import input_shape_for, read_compiled, stitch_table
+    from ..stages import input_shape_for, read_compiled, stitch_table
     from .environment import env_hash, fingerprint
 
     compiled_dir = Path(compiled_dir)
