@@ -40,6 +40,12 @@ def sha256_bytes(data: bytes) -> str:
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, but a file is written there",
+                         hint="give a file path (e.g. DIR/name.json), not a folder")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{path.parent} is a file, but {path.name} is written inside it as a folder",
+                         hint="choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp's 0600 would make outputs unreadable to others

@@ -35,6 +35,8 @@ class BundleCommand:
         if args.out is None and args.job is None:
             raise InputError("bundle needs DIR or --out", hint="esta-export bundle OUT_DIR --target cpu")
         out = Path(args.out) if args.out else Layout(args.job).bundle_dir(args.target)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a folder", hint="give a folder for the bundle")
         path = write_bundle(args.job, args.target, out, archive=args.archive, export_dir=args.export_dir,
                             compiled_dir=args.compiled, selection=args.selection,
                             check_outputs=not args.no_check)

@@ -28,6 +28,11 @@ class ReportCommand:
         if not args.out_dir and not args.selection:
             raise InputError("report needs an output folder or --selection FILE",
                              hint="e.g. 'esta-export report out/'")
+        from pathlib import Path
+
+        dest = Path(args.report_dir) if args.report_dir else None
+        if dest is not None and dest.exists() and not dest.is_dir():
+            raise InputError(f"--report-dir {dest} is a file, not a folder", hint="give a folder for the report")
         paths = write_report(args.out_dir, args.report_dir, selections=args.selection,
                              compiled=args.compiled)
         print(f"report: {paths['report.html']} (and report.json, pareto.png)")

@@ -31,7 +31,14 @@ class SelectCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from ..errors import InputError
         from ..select import select_compiled
+
+        if args.out and Path(args.out).is_dir():
+            raise InputError(f"--out {args.out} is a folder; the selection is one file",
+                             hint="give a file path such as OUT/select/TARGET.json")
 
         res = select_compiled(args.compiled_dir, args.target, args.store,
                               latency_budget_ms=args.latency_budget_ms,
