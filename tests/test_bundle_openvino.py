@@ -131,3 +131,13 @@ def test_int8_ir_bundle_records_isa(tmp_path):
         for st in bundle.stitches():
             out = bundle.run(ref["x"], stitch_id=st.id)
             assert np.mean(out.argmax(1) == ref[f"ref_{st.id}"].argmax(1)) >= 0.9
+
+
+def test_profile_device_times_the_openvino_engine(ov_bundle):
+    proc = subprocess.run([sys.executable, "-I", str(ov_bundle / "profile_device.py"), "--runs", "3",
+                           "--seconds", "0", "--stitches", "0"], capture_output=True, text=True, timeout=300,
+                          cwd=ov_bundle.parent)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout.splitlines()[0])
+    assert rec["runtime"] == "openvino" and rec["backend"] == "openvino" and rec["latency_ms"]["median"] > 0
+    assert rec["session"]["stitch_0"]["INFERENCE_PRECISION_HINT"] == "f32"

@@ -335,3 +335,76 @@ def test_reduced_range_bundle_needs_no_revalidation(tmp_path, monkeypatch):
         out = b.run(ref["x"], stitch_id=s.id)
         assert np.mean(out.argmax(1) == ref[f"ref_{s.id}"].argmax(1)) >= 0.9  # exact here, any CPU
     assert b.int8_checks == {}
+
+
+# ---- bad inputs: each ends in one line, exit status 2, no traceback (corpus rules) ------------
+def _rewrite_reference(root, **arrays):
+    """A consistent but hostile bundle: reference.npz replaced and its sha256 updated."""
+    import hashlib
+    import json
+
+    ref = dict(np.load(root / "reference.npz"))
+    ref.update(arrays)
+    for k in [k for k, v in arrays.items() if v is None]:
+        ref.pop(k)
+    np.savez(root / "reference.npz", **ref)
+    m = _manifest(root)
+    for f in m["files"]:
+        if f["path"] == "reference.npz":
+            data = (root / "reference.npz").read_bytes()
+            f["sha256"], f["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+BAD_BUNDLES = {
+    "gate-not-a-number": (lambda r: _edit_manifest(r, lambda m: m["reference"]["thresholds"].update(
+        int8_min_top1_agreement="high")), "not numbers"),
+    "gate-nan": (lambda r: _edit_manifest(r, lambda m: m["reference"]["thresholds"].update(
+        max_accuracy_drop=float("nan"))), "out of range"),
+    "reference-outside": (lambda r: _edit_manifest(r, lambda m: m["reference"].update(path="../../etc/passwd")),
+                          "leaves the bundle"),
+    "reference-missing": (lambda r: (r / "reference.npz").unlink(), "reference.npz"),
+    "reference-not-npz": (lambda r: _rewrite_file(r, "reference.npz", b"not a zip"), "not a readable .npz"),
+    "reference-wrong-shape": (lambda r: _rewrite_reference(r, x=np.zeros((4, 3, 8, 8), np.float32)),
+                              "cannot re-validate"),
+    "reference-outputs-wrong-shape": (lambda r: _rewrite_reference(r, ref_0=np.zeros((2, 3), np.float32)),
+                                      "cannot re-validate"),
+    "reference-nan-outputs-fail": (lambda r: _rewrite_reference(
+        r, ref_0=np.full(np.load(r / "reference.npz")["ref_0"].shape, np.nan, np.float32)), "refused"),
+    "isa-record-malformed": (lambda r: _edit_manifest(r, lambda m: [e.update(int8_isa={"requires_any": 5})
+                                                                   for e in m["stitches"]]
+                                                      and m["reference"]["thresholds"].update(
+                                                          int8_min_top1_agreement=1.01)), "refused"),
+    "no-reference": (lambda r: _edit_manifest(r, lambda m: m.update(reference=None)), "no reference outputs"),
+}
+
+
+def _rewrite_file(root, rel, data: bytes):
+    import hashlib
+    import json
+
+    (root / rel).write_bytes(data)
+    m = _manifest(root)
+    for f in m["files"]:
+        if f["path"] == rel:
+            f["sha256"], f["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BUNDLES))
+def test_bad_int8_bundle_on_a_cpu_without_vnni(case, full_copy):
+    import os
+    import subprocess
+    import sys
+
+    edit, expect = BAD_BUNDLES[case]
+    edit(full_copy)
+    before = {p: p.read_bytes() for p in full_copy.rglob("*") if p.is_file()}
+    env = {**os.environ, ENV_VAR: NO_VNNI}
+    proc = subprocess.run([sys.executable, "-I", str(full_copy / "app.py"), "--runs", "1", "--stitch", "0"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=full_copy.parent)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert expect in proc.stderr, proc.stderr
+    after = {p: p.read_bytes() for p in full_copy.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert {p: b for p, b in before.items() if "__pycache__" not in p.parts} == after  # nothing written

@@ -130,14 +130,23 @@ def int8_problem(record: dict | None, features: dict | None = None) -> str | Non
     ``record`` is the artifact's ``int8_isa`` (None: made before it was recorded, so assumed to
     need int8 dot products, as every full-range artifact does).
     """
-    needs = INT8_DOT_FLAGS if record is None else set(record.get("requires_any") or ())
+    needs = INT8_DOT_FLAGS
+    if isinstance(record, dict) and isinstance(record.get("requires_any", []), list):
+        needs = {f for f in record.get("requires_any") or () if isinstance(f, str)}
+        if len(needs) != len(record.get("requires_any") or ()):
+            needs = INT8_DOT_FLAGS  # a malformed record counts as no record
+    else:
+        record = None
     if not needs:
         return None
     here = features or cpu_features()
     if needs & set(here["flags"]):
         return None
+    validated = record.get("validated_on") if record is not None else None
+    flags = validated.get("flags") if isinstance(validated, dict) else None
+    flags = [f for f in flags if isinstance(f, str)][:16] if isinstance(flags, list) else []
     where = ("an unrecorded CPU" if record is None else
-             "a CPU with " + (", ".join((record.get("validated_on") or {}).get("flags") or []) or "no listed flags"))
+             "a CPU with " + (", ".join(flags) or "no listed flags"))
     return (f"int8 weights validated on {where} need one of {', '.join(sorted(needs))}, which this CPU "
             f"({here.get('model') or here.get('arch')}, flags: {', '.join(here['flags']) or 'none'}) lacks: "
             "its int8 kernels may saturate")

@@ -32,7 +32,7 @@ def needs_check(manifest: dict, entry: dict, engine: str) -> bool:
 
 def _reference(root: Path, manifest: dict, files: dict[str, str]) -> dict | None:
     ref = manifest.get("reference")
-    if not isinstance(ref, dict) or not ref.get("path"):
+    if not isinstance(ref, dict) or not isinstance(ref.get("path"), str) or not ref["path"]:
         return None
     path = resolve_inside(root, ref["path"])
     expected = files.get(ref["path"])
@@ -45,6 +45,25 @@ def _reference(root: Path, manifest: dict, files: dict[str, str]) -> dict | None
     except (OSError, ValueError) as err:
         raise BundleError(f"bundle file {ref['path']} is not a readable .npz ({err})",
                           hint="re-copy the bundle") from None
+
+
+def _gates(manifest: dict, where) -> dict:
+    """The target's int8 gates from the manifest, checked: numbers in range, else one line."""
+    given = (manifest.get("reference") or {}).get("thresholds") or {}
+    th = {"int8_min_top1_agreement": DEFAULT_MIN_TOP1, "max_accuracy_drop": DEFAULT_MAX_DROP}
+    try:
+        for k in th:
+            if isinstance(given, dict) and given.get(k) is not None:
+                if isinstance(given[k], bool):
+                    raise TypeError(k)
+                th[k] = float(given[k])
+    except (TypeError, ValueError):
+        raise BundleError(f"manifest.json: the int8 gates for {where} are not numbers",
+                          hint="re-create the bundle with esta-export bundle") from None
+    if not (0.0 <= th["int8_min_top1_agreement"] <= 1.01 and -1.0 <= th["max_accuracy_drop"] <= 1.0):
+        raise BundleError(f"manifest.json: the int8 gates for {where} are out of range",  # NaN too
+                          hint="re-create the bundle with esta-export bundle")
+    return th
 
 
 def check_int8(root: Path, manifest: dict, entry: dict, run, features: dict, *,
@@ -64,13 +83,26 @@ def check_int8(root: Path, manifest: dict, entry: dict, run, features: dict, *,
     if ref is None or "x" not in ref or key not in ref:
         raise BundleError(f"int8 stitch {sid} refused: {problem}, and the bundle has no reference "
                           "outputs to re-validate it on this CPU", hint=HINT)
-    x = np.asarray(ref["x"], dtype=np.float32)
-    expected = np.asarray(ref[key], dtype=np.float32)
-    out = np.concatenate([np.asarray(run(x[i:i + batch]), dtype=np.float32)
-                          for i in range(0, len(x), batch)])
-    th = {"int8_min_top1_agreement": DEFAULT_MIN_TOP1, "max_accuracy_drop": DEFAULT_MAX_DROP,
-          **((manifest.get("reference") or {}).get("thresholds") or {})}
-    v = gate("int8", compare_logits(out, expected, ref.get("y")), th)  # the one tier-3 gate
+    where = (manifest.get("reference") or {}).get("path")
+    th = _gates(manifest, where)
+    try:
+        x = np.asarray(ref["x"], dtype=np.float32)
+        expected = np.asarray(ref[key], dtype=np.float32)
+        labels = ref.get("y")
+        if x.ndim != 4 or not len(x) or expected.ndim != 2 or len(expected) != len(x) or (
+                labels is not None and np.asarray(labels).reshape(-1).shape != (len(x),)):
+            raise ValueError("it needs inputs [N, C, H, W], outputs [N, classes] and N labels")
+        out = np.concatenate([np.asarray(run(x[i:i + batch]), dtype=np.float32)
+                              for i in range(0, len(x), batch)])
+        if out.shape != expected.shape:
+            raise ValueError(f"the stitch outputs {list(out.shape)}, the reference {list(expected.shape)}")
+    except BundleError:
+        raise
+    except Exception as err:  # numpy or the runtime, on malformed reference arrays
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise BundleError(f"cannot re-validate int8 stitch {sid} with {where}: {text}",
+                          hint="re-copy the bundle or re-create it with esta-export bundle") from None
+    v = gate("int8", compare_logits(out, expected, labels), th)  # the one tier-3 gate
     top1, min_top1 = v["top1_agreement"], float(th["int8_min_top1_agreement"])
     verdict = {"samples": int(len(x)), "top1_agreement": top1, "min_top1_agreement": min_top1,
                "problem": problem}

@@ -104,6 +104,12 @@ def profile(bundle, *, runs: int | None = None, seconds: float | None = None, ba
         runtime = {"runtime": "tensorrt", "runtime_version": fp.get("tensorrt"),
                    "transfers": "h2d+d2h included", "gpu": fp.get("gpu")}
         session = {"engine": "tensorrt"}
+    elif getattr(bundle, "engine", None) == "openvino":  # OpenVINO IR, compiled as the bundle runs it
+        from .ov_engine import openvino_version
+
+        env = environment(bundle.threads, None, {"openvino": openvino_version()})
+        runtime = {"runtime": "openvino", "runtime_version": openvino_version(), "transfers": False}
+        session = {"engine": "openvino", **{f"stitch_{sid}": bundle.load(sid).info["config"] for sid in ids}}
     else:
         import onnxruntime as ort
 
@@ -154,7 +160,7 @@ def main(argv=None) -> int:
     try:
         # A TensorRT bundle is timed on its engines or not at all (never ONNX Runtime instead).
         backend = (load_manifest(args.bundle).get("target") or {}).get("backend")
-        engine = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+        engine = backend if backend in ("tensorrt", "openvino") else "onnxruntime"
         bundle = Bundle.open(args.bundle, threads=args.threads, share_weights=not args.no_share_weights,
                              engine=engine)
         try:
