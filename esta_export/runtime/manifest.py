@@ -192,7 +192,9 @@ def _check_fields(m: dict, where: str) -> None:
     w = m.get("weights")
     if w is not None:
         f.obj(w, "weights")
-        if w.get("index") is not None or w.get("file") is not None:
+        if w.get("format") == "openvino-ir":  # the IRs' one shared .bin: no tensor index
+            f.str(w.get("file"), "weights.file")
+        elif w.get("index") is not None or w.get("file") is not None:
             f.str(w.get("index"), "weights.index")
             f.str(w.get("file"), "weights.file")
     for key in ("target", "session", "supernet", "selection"):
