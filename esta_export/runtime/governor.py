@@ -420,11 +420,33 @@ class Governor:
         values = sorted(self._window)
         return values[max(0, math.ceil(self.quantile * len(values)) - 1)]
 
+    def _moved(self, values, i: int) -> list[float]:
+        """The active stitch's latencies scaled to level ``i`` by the reference ratio."""
+        r = self._levels[i].ref_ms / self._levels[self._pos].ref_ms
+        return [v * r for v in values]
+
     def _predict(self, q: float, i: int) -> tuple[float, float]:
         """Steady quantile and first-call latency of level ``i`` from the active level's quantile."""
         scale = q / self._levels[self._pos].ref_ms
         lv = self._levels[i]
         return scale * lv.ref_ms, scale * lv.ref_ms * lv.switch_in_ratio
+
+    def _futile(self, q: float) -> bool:
+        """Whether stepping down, even to the fastest stitch, would not cut the misses.
+
+        The ratio model reads every slow call as a slower machine. Interruptions (another
+        process's time slice, an interrupt storm) add the same delay whatever the stitch: with
+        the window's median as the machine's pace, moving to the fastest stitch takes only the
+        difference in compute off each call. If that leaves the quantile over the threshold, as
+        many recent calls still missing, and the tail barely shorter, stepping down loses
+        accuracy for nothing.
+        """
+        values = sorted(self._window)
+        cur, fastest = self._levels[self._pos].ref_ms, self._levels[0].ref_ms
+        cut = (cur - fastest) * values[len(values) // 2] / cur
+        here = sum(v > self.deadline_ms for v in values)
+        there = sum(v - cut > self.deadline_ms for v in values)
+        return q - cut > self.down_at * self.deadline_ms and there >= here and q - cut > 0.75 * q
 
     def _decide(self, now: float) -> int | None:
         """Called under the lock after each steady call; returns the new position after a switch."""
@@ -434,14 +456,19 @@ class Governor:
         self._quantile_ms = q
         d = self.deadline_ms
         if q > self.down_at * d and self._pos > 0:
+            if self._futile(q):
+                return None
             target = None
             for i in range(self._pos - 1, -1, -1):
                 if not self._loaded(i):
                     continue
                 steady, first = self._predict(q, i)
-                target = i  # best effort: the fastest loaded one if none is predicted to fit
                 if steady <= self.down_at * d and first <= self.down_at * d:
+                    target = i
                     break
+            if target is None:
+                lower = [i for i in range(self._pos) if self._loaded(i)]
+                target = lower[0] if lower else None  # best effort: the fastest loaded
             if target is not None:
                 if self._last_up is not None and self.calls - self._last_up[0] <= 2 * self.window:
                     self.flaps += 1
@@ -470,10 +497,9 @@ class Governor:
 
     def _switch(self, target: int, reason: str, q: float, now: float) -> int:
         old = self._levels[self._pos]
-        scale = self._levels[target].ref_ms / old.ref_ms
-        # The new stitch inherits the old one's recent history, scaled by their latency ratio:
+        # The new stitch inherits the old one's recent history, scaled by the latency ratio:
         # the slow calls that caused a step down keep it from stepping straight back up.
-        self._window = deque((v * scale for v in self._window), maxlen=self.window)
+        self._window = deque(self._moved(self._window, target), maxlen=self.window)
         self._pos = target
         self._since_switch = 0
         self._pending_switch_in = True
