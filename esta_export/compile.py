@@ -31,6 +31,7 @@ from .backends import get_backend
 from .errors import BackendUnavailableError, CompileError, EstaError, FormatError, InputError, ResourceError
 from .fsutil import (atomic_path, atomic_write_json, check_input_file, check_not_input, check_out_dir,
                      output_lock, prepare_out_dir, read_json, sha256_bytes, sha256_file, stage_output)
+from .runtime.backends import BACKENDS as BACKEND_TABLE
 from .stages import read_compile, write_compile
 from .targets import Target, check_graph, load_target
 from .validate import describe_failure, validate
@@ -56,7 +57,7 @@ def compile_export(export_dir: str | Path, target: Target | str, out_dir: str | 
     precision = target.resolve_precision(precision)
     check_graph(target, spec.get("opset"), spec.get("layernorm"))
     backend = get_backend(target.backend)
-    if target.backend != "tensorrt":  # TensorRT may prepare a device kit without the library
+    if not BACKEND_TABLE[target.backend].built_on_device:  # a device-built backend may prepare a device kit without the library
         backend.require()
     check_out_dir(out_dir)
     check_not_input(out_dir, {"the export folder": export_dir,
@@ -134,7 +135,7 @@ def _compile_into(out_dir: Path, export_dir: Path, spec: dict, target: Target, p
         "backend": target.backend, "precision": precision, "runtime": runtime,
         "verified_on_hardware": target.verified,
         "engines_built": engines_built,
-        "device_build_required": target.backend == "tensorrt" and not engines_built,
+        "device_build_required": BACKEND_TABLE[target.backend].built_on_device and not engines_built,
         "device_kit": kit_files,
         "export": _rel_or_abs(export_dir, out_dir),
         "supernet_sha256": (spec.get("supernet") or {}).get("sha256"),

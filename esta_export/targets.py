@@ -32,8 +32,9 @@ else:  # pragma: no cover - pyproject pulls tomli for 3.10
     import tomli as tomllib
 
 from .errors import TargetError
+from .runtime.backends import BACKENDS as BACKEND_TABLE
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+BACKENDS = tuple(BACKEND_TABLE)    # the one table of backends (runtime/backends.py)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 LAYERNORM = ("op", "decomposed")
 DEVICE_KINDS = ("cpu", "gpu", "npu", "jetson")
@@ -312,6 +313,11 @@ def _check(t: Target, path: Path) -> None:
     if t.precision not in t.precisions:
         raise TargetError(f"{path}: precision {t.precision!r} is not in precisions",
                           hint=f"add it to precisions or use one of: {', '.join(t.precisions)}")
+    can = BACKEND_TABLE[t.backend].precisions
+    cannot = [p for p in t.precisions if p not in can]
+    if cannot:
+        raise TargetError(f"{path}: precisions {cannot} cannot be built by the {t.backend} backend",
+                          hint=f"it builds {', '.join(can)}")
     if not 7 <= t.max_opset <= 30:
         raise TargetError(f"{path}: max_opset = {t.max_opset} is out of range",
                           hint="use the highest ONNX opset the runtime accepts (7-30)")

@@ -11,6 +11,7 @@ import importlib.util
 from typing import Callable, TypeVar
 
 from ..errors import TargetError
+from ..runtime.backends import BACKENDS as BACKEND_TABLE
 from .base import Backend, CompiledArtifact, Runner
 
 __all__ = ["Backend", "CompiledArtifact", "Runner", "get_backend", "register", "backend_modules",
@@ -18,13 +19,10 @@ __all__ = ["Backend", "CompiledArtifact", "Runner", "get_backend", "register", "
 
 _REGISTRY: dict[str, type[Backend]] = {}
 
-# Backend name -> (module defining it, runtime package it needs). Adding a backend = one file
-# plus one line here.
-_MODULES: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "onnxruntime"),
-    "openvino": ("openvino", "openvino"),
-    "tensorrt": ("tensorrt", "tensorrt"),
-}
+# Backend name -> (module defining it, runtime package it needs), from the one table of backends
+# (runtime/backends.py). Adding a backend = its file here plus one entry there.
+_MODULES: dict[str, tuple[str, str]] = {name: (spec.module, spec.package)
+                                        for name, spec in BACKEND_TABLE.items()}
 
 B = TypeVar("B", bound=type[Backend])
 
@@ -44,11 +42,8 @@ def backend_modules() -> dict[str, str]:
 
 def runtime_importable(backend: str) -> bool:
     """Whether the backend's runtime package is installed, found without importing it."""
-    pkg = _MODULES.get(backend, (None, backend))[1]
-    try:
-        return importlib.util.find_spec(pkg) is not None
-    except (ImportError, ValueError):
-        return False
+    spec = BACKEND_TABLE.get(backend)
+    return spec is not None and spec.installed()
 
 
 def get_backend(name: str) -> Backend:

@@ -17,6 +17,8 @@ from .. import __version__
 from ..errors import BundleError, InputError
 from .. import stages
 from ..fsutil import atomic_write_json, atomic_write_text
+from ..runtime.backends import BACKENDS as BACKEND_TABLE
+from ..runtime.backends import BackendSpec
 from ..stages import Layout
 from .manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, file_table, input_spec
 from .ir_pack import IrPacker
@@ -142,6 +144,11 @@ def _make_readable(root: Path) -> None:
             os.chmod(Path(dirpath) / name, 0o666 & ~mask)
 
 
+def _spec(compiled: dict) -> BackendSpec:
+    """The table's declaration of the backend the compiled folder was built with."""
+    return BACKEND_TABLE[compiled["backend"]]
+
+
 def _first(*sources: dict | None, key: str):
     """The first non-null value of ``key`` (selection first, then the export summary)."""
     return next((d[key] for d in sources if d and d.get(key) is not None), None)
@@ -239,7 +246,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
                 (root / rel_dir / relf).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(compiled_dir / relf, root / rel_dir / relf)
             rel = f"{rel_dir}/{art['path']}"
-            entry["artifact"] = {"format": "openvino-ir" if src.suffix == ".xml" else src.suffix.lstrip("."),
+            entry["artifact"] = {"format": _spec(compiled).artifact_format,
                                  "path": rel, "compiled_sha256": art.get("sha256") or art.get("source_sha256")}
         stitches.append(entry)
     index = packer.close()
@@ -262,7 +269,7 @@ def _write_contents(root: Path, target: str, export: dict, compiled: dict, compi
                 compiled_dir / entry["artifact"]["source"], root / entry["artifact"]["path"],
                 root / entry["artifact"]["weights"], reference, entry["id"])
     tensorrt = None
-    if device_build or compiled.get("backend") == "tensorrt":
+    if device_build or _spec(compiled).built_on_device:
         tensorrt = _copy_device_build(root, compiled, compiled_dir, plan)
     reference_file = _int8_reference(root, compiled, compiled_dir, plan["include"], tensorrt)
     _copy_runtime(root)
@@ -571,7 +578,8 @@ def _write_docs(root: Path, manifest: dict) -> None:
                         f"`app.py` and `profile_device.py` run the engines; until then `app.py` runs the "
                         f"ONNX graphs with ONNX Runtime (and says so) and `profile_device.py` refuses. "
                         f"Not verified on hardware.\n")
-    runtime_req = "onnxruntime" if t.get("backend") in (None, "onnxruntime") else f"{t.get('backend')}"
+    spec = BACKEND_TABLE.get(t.get("backend") or "onnxruntime")
+    runtime_req = spec.pip if spec is not None else f"{t.get('backend')}"
     text = (TEMPLATES / "README.md.tmpl").read_text().format(
         target=t["name"], num_stitches=len(manifest["stitches"]), backend=t.get("backend"),
         precision=t.get("precision"),

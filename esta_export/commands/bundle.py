@@ -7,7 +7,7 @@ import argparse
 from . import command
 
 
-@command("bundle", help="package the selected stitches of a target with the switching runtime and an example app")
+@command("bundle", order=120, help="package the selected stitches of a target with the switching runtime and an example app")
 class BundleCommand:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

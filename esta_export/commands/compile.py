@@ -10,7 +10,7 @@ from . import command
 from ..validation import cli_float, cli_int
 
 
-@command("compile", help="compile the stitches of an export folder for a target and validate "
+@command("compile", order=80, help="compile the stitches of an export folder for a target and validate "
                          "each artifact against the fp32 reference")
 class CompileCommand:
     @staticmethod

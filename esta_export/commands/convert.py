@@ -8,7 +8,7 @@ from . import command
 from .common import add_supernet_args
 
 
-@command("convert", help="convert an SN-Net / SN-Netv2 checkpoint to the native .safetensors format")
+@command("convert", order=30, help="convert an SN-Net / SN-Netv2 checkpoint to the native .safetensors format")
 class Convert:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

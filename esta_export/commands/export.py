@@ -17,7 +17,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
 
 
-@command("export", help="slice every stitch and export validated ONNX graphs that share one weights file")
+@command("export", order=50, help="slice every stitch and export validated ONNX graphs that share one weights file")
 class Export:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from . import command
 from .common import add_supernet_args
 
 
-@command("inspect", help="show a supernet's anchors, stitch space and per-stitch route, FLOPs, params, accuracy")
+@command("inspect", order=20, help="show a supernet's anchors, stitch space and per-stitch route, FLOPs, params, accuracy")
 class Inspect:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

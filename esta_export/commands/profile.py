@@ -11,7 +11,7 @@ from ..validation import cli_float, cli_int
 from .common import add_compiled_args
 
 
-@command("profile", help="measure the latency and peak memory of every compiled stitch on this "
+@command("profile", order=90, help="measure the latency and peak memory of every compiled stitch on this "
                          "machine (interleaved rounds, provenance on every record)")
 class ProfileCommand:
     @staticmethod

@@ -7,7 +7,7 @@ import argparse
 from . import command
 
 
-@command("report", help="write report.json and a self-contained report.html (plots, sortable "
+@command("report", order=110, help="write report.json and a self-contained report.html (plots, sortable "
                         "stitch table, environment, warnings)")
 class ReportCommand:
     @staticmethod

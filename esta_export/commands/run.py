@@ -10,7 +10,7 @@ from .common import add_quiet, add_supernet_args
 from .export import add_export_args
 
 
-@command("run", help="the whole pipeline: export, compile, profile, select, report, bundle (the default command)")
+@command("run", order=10, help="the whole pipeline: export, compile, profile, select, report, bundle (the default command)")
 class Run:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

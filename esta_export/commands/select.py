@@ -10,7 +10,7 @@ from ..validation import cli_float, cli_int
 from .common import add_compiled_args
 
 
-@command("select", help="choose stitches on the Pareto front of accuracy vs MEASURED latency "
+@command("select", order=100, help="choose stitches on the Pareto front of accuracy vs MEASURED latency "
                         "(with the FLOPs-based front beside it)")
 class SelectCommand:
     @staticmethod

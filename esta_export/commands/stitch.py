@@ -23,7 +23,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     return values
 
 
-@command("stitch", help="stitch pretrained ViT/DeiT anchors (timm files or folders) into a supernet, "
+@command("stitch", order=40, help="stitch pretrained ViT/DeiT anchors (timm files or folders) into a supernet, "
                         "stitching layers fitted by least squares")
 class Stitch:
     @staticmethod

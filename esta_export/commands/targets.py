@@ -8,7 +8,7 @@ import json
 from . import command
 
 
-@command("targets", help="list hardware targets: device, backend, precision, whether the "
+@command("targets", order=70, help="list hardware targets: device, backend, precision, whether the "
                          "backend is installed here and whether the target was verified on hardware")
 class TargetsCommand:
     @staticmethod

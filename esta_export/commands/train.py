@@ -19,7 +19,7 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise InputError(f"expected comma-separated numbers, got {text!r}", hint="e.g. 0.5,0.5,0.5") from None
 
 
-@command("train", help="ESTA-adapt a supernet to a dataset: shared LoRA, per-stitch biases, importance sampling")
+@command("train", order=60, help="ESTA-adapt a supernet to a dataset: shared LoRA, per-stitch biases, importance sampling")
 class Train:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

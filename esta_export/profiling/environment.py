@@ -29,18 +29,10 @@ INPUT_RAILS = ("VDD_IN", "VIN_SYS_5V0", "POM_5V_IN", "VIN")
 
 
 def runtime_versions() -> dict[str, str]:
-    """Versions of the runtimes importable here (a missing one is simply absent)."""
-    found = {}
-    for name in ("onnxruntime", "openvino", "tensorrt", "numpy"):
-        try:
-            mod = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a broken install is as good as absent for provenance
-            continue
-        version = getattr(mod, "__version__", None)
-        if version is None and name == "openvino":
-            version = getattr(getattr(mod, "runtime", None), "get_version", lambda: None)()
-        found[name] = str(version)
-    return found
+    """Versions of the runtimes importable here (a missing one is simply absent): every backend
+    of the table (runtime/backends.py), so a new backend's version keys the profile cache too."""
+    from ..runtime.backends import runtime_versions as versions
+    return versions()
 
 
 # ---------------------------------------------------------------- Jetson

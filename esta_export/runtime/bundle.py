@@ -20,6 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .backends import BACKENDS
 from .errors import BundleError, IntegrityError, NoStitchFitsError
 from .integrity import resolve_inside, sha256_file, verify_all
 from .manifest import load_manifest
@@ -147,7 +148,8 @@ class Bundle:
         self.engine, self.engine_note, self._engines = "onnxruntime", None, {}
         if self._choose_openvino(engine):
             return
-        is_trt = (self.manifest.get("target") or {}).get("backend") == "tensorrt"
+        spec = BACKENDS.get((self.manifest.get("target") or {}).get("backend"))
+        is_trt = spec is not None and spec.bundle_runtime == "tensorrt"   # the table of backends
         if engine == "onnxruntime" or (engine == "auto" and not is_trt):
             if is_trt:
                 self.engine_note = ("TensorRT bundle run with ONNX Runtime on request: not the engines "

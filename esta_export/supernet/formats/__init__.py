@@ -8,7 +8,9 @@ executed from a file.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,6 +39,14 @@ Reader = Callable[[Path, "Sequence[int] | None"], tuple[Supernet, str, list[str]
 READERS: list[tuple[str, Callable[[Path, bytes], bool], Reader]] = []
 
 
+def _load_readers() -> None:
+    """Import every module of this package: a reader registers itself (no list to keep); the
+    native reader first, so its sniff wins for an esta-export .safetensors."""
+    names = sorted((m.name for m in pkgutil.iter_modules(__path__)), key=lambda n: (n != "native", n))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+
+
 def register_reader(name: str, sniff: Callable[[Path, bytes], bool]):
     def wrap(fn: Reader) -> Reader:
         READERS.append((name, sniff, fn))
@@ -46,7 +56,7 @@ def register_reader(name: str, sniff: Callable[[Path, bytes], bool]):
 
 def load_supernet(path: str | os.PathLike, num_heads: Sequence[int] | None = None) -> LoadedSupernet:
     """Read any supported supernet file. ``num_heads`` overrides the head counts per anchor."""
-    from . import native, snnet  # noqa: F401  (register readers)
+    _load_readers()
 
     path = Path(path)
     if not path.exists():

@@ -1,19 +1,19 @@
 """Stitch spaces: the rules that enumerate a supernet's stitches. One file per space.
 
 Adding a space touches one file: subclass ``StitchSpace`` and decorate it with
-``@register_space``, then add its module to ``_MODULES``.
+``@register_space``; every module of this package is loaded (no list to keep).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Sequence
 
 from ..anchors import AnchorConfig
 from .base import Segment, Stitch, StitchSpace
 
 SPACES: dict[str, type[StitchSpace]] = {}
-_MODULES = ("snnet_v1", "snnet_v2")
 
 
 def register_space(cls: type[StitchSpace]) -> type[StitchSpace]:
@@ -22,8 +22,8 @@ def register_space(cls: type[StitchSpace]) -> type[StitchSpace]:
 
 
 def _load() -> None:
-    for mod in _MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
 
 
 def build_space(name: str, anchors: Sequence[AnchorConfig], params: dict | None = None) -> StitchSpace:
