@@ -578,8 +578,8 @@ def _write_docs(root: Path, manifest: dict) -> None:
                         f"`app.py` and `profile_device.py` run the engines; until then `app.py` runs the "
                         f"ONNX graphs with ONNX Runtime (and says so) and `profile_device.py` refuses. "
                         f"Not verified on hardware.\n")
-    spec = BACKEND_TABLE.get(t.get("backend") or "onnxruntime")
-    runtime_req = spec.pip if spec is not None else f"{t.get('backend')}"
+    backend = BACKEND_TABLE.get(t.get("backend") or "onnxruntime")
+    runtime_req = backend.pip if backend is not None else f"{t.get('backend')}"
     text = (TEMPLATES / "README.md.tmpl").read_text().format(
         target=t["name"], num_stitches=len(manifest["stitches"]), backend=t.get("backend"),
         precision=t.get("precision"),

@@ -75,6 +75,13 @@ class StitchSpace:
         self._stitches = self.enumerate()
         self._by_id = {s.id: s for s in self._stitches}
 
+    @classmethod
+    def example_anchors(cls) -> tuple[AnchorConfig, ...]:
+        """Tiny anchors this space accepts: the contract tests build every registered space from
+        them (override when the default three equal-depth DeiT anchors do not fit)."""
+        return tuple(AnchorConfig(n, w, 4, max(1, w // 16), img_size=32, patch_size=8, num_classes=10)
+                     for n, w in (("Ti", 32), ("S", 48), ("B", 64)))
+
     # -- to implement ----------------------------------------------------------------------------
     def check_anchors(self) -> None:
         """Raise ValueError when the anchors cannot form this space."""

@@ -11,6 +11,7 @@ last small block: nothing of L left to run) is generated but excluded, as the or
 from __future__ import annotations
 
 from . import register_space
+from ..anchors import AnchorConfig
 from .base import Segment, Stitch, StitchSpace
 
 S, L = 0, 1
@@ -20,6 +21,11 @@ S, L = 0, 1
 class SNNetV2(StitchSpace):
     name = "snnet_v2"
     defaults = {"include_excluded": False}
+
+    @classmethod
+    def example_anchors(cls) -> tuple[AnchorConfig, ...]:
+        return (AnchorConfig("S", 32, 4, 2, img_size=32, patch_size=8, num_classes=10, style="deit3"),
+                AnchorConfig("L", 64, 8, 4, img_size=32, patch_size=8, num_classes=10, style="deit3"))
 
     def check_anchors(self) -> None:
         if len(self.anchors) != 2:
