@@ -12,7 +12,7 @@ from .common import add_compiled_args
 
 
 @command("profile", order=90, help="measure the latency and peak memory of every compiled stitch on this "
-                         "machine (interleaved rounds, provenance on every record)")
+                         "machine (blocks of consecutive calls per stitch, rotated rounds, provenance on every record)")
 class ProfileCommand:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:

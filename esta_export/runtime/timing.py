@@ -15,9 +15,9 @@ Each stitch is warmed up (at least ``warmup_s`` seconds AND ``warmup_min`` calls
 until it has ``min_runs`` steady-state calls AND ``min_seconds`` of them. Its median carries a
 confidence interval: a block bootstrap (visits resampled with replacement, since calls within a
 visit are correlated), percentile method, at ``ci_level``. A stitch whose dispersion stays above
-``cv_threshold`` is re-measured, but only while another attempt lowers the dispersion (the machine
-was disturbed and calmed down); when an attempt does not, measuring again would only cost time,
-and the stitch is flagged ``unstable``.
+``cv_threshold`` is re-measured, but only while another attempt lowers the dispersion (by at least
+``remeasure_min_gain``: the machine was disturbed and calmed down); when an attempt does not,
+measuring again would only cost time, and the stitch is flagged ``unstable``.
 
 Torch-free and free of esta-export imports beyond this package: the bundle ships it as
 ``esta_runtime.timing``.
@@ -46,7 +46,8 @@ ProgressFn = Callable[[str, float, str], None]
 CI_METHOD = "block bootstrap of the median (visits resampled with replacement), percentile"
 
 _PROTOCOL_KEYS = ("warmup_s", "warmup_min", "min_runs", "min_seconds", "block_calls", "block_ms",
-                  "switch_calls", "cv_threshold", "max_remeasure", "max_seconds", "cv_metric",
+                  "switch_calls", "cv_threshold", "max_remeasure", "remeasure_min_gain",
+                  "max_seconds", "cv_metric",
                   "ci_level", "ci_resamples")
 
 
@@ -62,8 +63,10 @@ class TimingProtocol:
     block_ms: float = 50.0      # ... and at least this long
     switch_calls: int = 1       # first calls of a visit after another stitch: switch-in
     cv_threshold: float = 0.05
-    # Re-measures allowed at most; each one only while the previous lowered the dispersion.
+    # Re-measures allowed at most; each one only while the previous lowered the dispersion by at
+    # least ``remeasure_min_gain`` (relative): a noise-level dip is no reason to pay again.
     max_remeasure: int = 2
+    remeasure_min_gain: float = 0.2
     # A stitch stops being timed after this many seconds even if the count is not reached, so one
     # very slow stitch on a small board cannot stall the whole run (recorded: n tells the truth).
     max_seconds: float = 60.0
@@ -111,6 +114,9 @@ class TimingProtocol:
                 or self.max_seconds <= 0):
             raise TimingError("profiling times and the CV threshold must be positive",
                               hint="check --seconds and the target's profile settings")
+        if not 0 <= self.remeasure_min_gain < 1:
+            raise TimingError(f"remeasure_min_gain {self.remeasure_min_gain} is not in [0, 1)",
+                              hint="use e.g. 0.2 (another attempt must cut the dispersion by 20%)")
         if not 0.5 <= self.ci_level < 1 or self.ci_resamples < 10:
             raise TimingError(f"confidence level {self.ci_level} / {self.ci_resamples} resamples "
                               "are not usable", hint="use a level in [0.5, 1) and >= 10 resamples")
@@ -362,7 +368,8 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
         shaky = {i: runners[i] for i, s in stats.items()
                  if s.dispersion(metric) > proto.cv_threshold
                  and (len(s.dispersion_history) < 2
-                      or s.dispersion_history[-1] < s.dispersion_history[-2])}
+                      or s.dispersion_history[-1]
+                      < (1.0 - proto.remeasure_min_gain) * s.dispersion_history[-2])}
         if not shaky:
             break
         say("re-measure", 0.0, f"{len(shaky)} unstable (attempt {attempt})")
