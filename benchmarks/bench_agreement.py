@@ -148,13 +148,14 @@ def part_ort(job: Path, seconds: float) -> dict:
 
 
 def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: float,
-                  report: Path) -> tuple[float, dict]:
+                  report: Path, hint: str = "latency") -> tuple[float, dict]:
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
-           "-infer_precision", "f32", "-t", str(seconds), "-shape", f"[{','.join(map(str, shape))}]",
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", hint, "-api", "sync",
+           "-infer_precision", "f32", "-t", str(max(1, round(seconds))), "-shape", f"[{','.join(map(str, shape))}]",
            "-report_type", "no_counters", "-report_folder", str(report)]
     if threads:
         cmd += ["-nthreads", str(threads)]
+    report.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
     m = re.search(r"Median:\s*([\d.]+)\s*ms", text)
@@ -172,22 +173,25 @@ def part_openvino(job: Path, seconds: float) -> dict:
     cdir = job / "compiled" / "intel-cpu"
     comp = json.loads((cdir / "compile.json").read_text())
     recs = records(job / "profiles" / "intel-cpu.jsonl")
-    threads = (comp.get("target_spec") or {}).get("execution", {}).get("threads") or None
     out = {}
     for art in comp["artifacts"]:
         rec = recs.get(int(art["id"]))
         if rec is None:
             continue
+        # The settings the record was measured with (the target's, or --tune's choice).
+        sess = rec.get("session") or {}
+        threads = sess.get("threads") or None
+        hint = str(sess.get("performance_hint") or "LATENCY")
         med, seen = benchmark_app(cdir / art["path"], rec["input_shape"], threads, seconds,
-                                  job / "bench_app" / str(art["id"]))
+                                  job / "bench_app" / str(art["id"]), hint.lower())
         if not out:
             core = ov.Core()
-            cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+            cfg = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32",
                    **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
             cm = core.compile_model(core.read_model(str(cdir / art["path"])), "CPU", cfg)
             ours = {k: str(cm.get_property(k)) for k in ("NUM_STREAMS", "INFERENCE_NUM_THREADS",
                                                          "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT")}
-            print(f"   profiler: compiled with {cfg} -> plugin reports {ours}")
+            print(f"   profiler: record session {sess}; compiled with {cfg} -> plugin reports {ours}")
             print(f"   benchmark_app: {seen.pop('command')} -> reports {seen}")
         out[art["id"]] = ratio_line(f"stitch {art['id']}", rec["latency_ms"]["median"], med, 0.9, 1.1)
     print(f"   load {load_avg()}")
