@@ -148,22 +148,26 @@ def part_ort(job: Path, seconds: float) -> dict:
 
 
 def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: float,
-                  report: Path, hint: str = "latency") -> tuple[float, dict]:
+                  report: Path, hint: str = "latency", streams: int | None = None) -> tuple[float, dict]:
+    """benchmark_app's median; with explicit threads its UI wants -hint none plus -nstreams."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    if threads:
+        hint = "none"
     cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", hint, "-api", "sync",
            "-infer_precision", "f32", "-t", str(max(1, round(seconds))), "-shape", f"[{','.join(map(str, shape))}]",
            "-report_type", "no_counters", "-report_folder", str(report)]
     if threads:
-        cmd += ["-nthreads", str(threads)]
+        cmd += ["-nthreads", str(threads), "-nstreams", str(streams or 1)]
     report.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
-    m = re.search(r"Median:\s*([\d.]+)\s*ms", text)
+    m = re.search(r"Median:\s*([\d.]+)\s*(ms|us)", text)
     if proc.returncode or not m:
         raise RuntimeError(f"benchmark_app failed: {text.strip().splitlines()[-3:]}")
     seen = {k: v for k, v in re.findall(r"\b(NUM_STREAMS|INFERENCE_NUM_THREADS|INFERENCE_PRECISION_HINT|"
                                         r"PERFORMANCE_HINT):\s*(\S+)", text)}
-    return float(m.group(1)), {"command": " ".join(cmd[1:]), **seen}
+    med = float(m.group(1)) / (1000.0 if m.group(2) == "us" else 1.0)
+    return med, {"command": " ".join(cmd[1:]), **seen}
 
 
 def part_openvino(job: Path, seconds: float) -> dict:
@@ -182,15 +186,17 @@ def part_openvino(job: Path, seconds: float) -> dict:
         sess = rec.get("session") or {}
         threads = sess.get("threads") or None
         hint = str(sess.get("performance_hint") or "LATENCY")
+        core = ov.Core()
+        cfg = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32",
+               **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        cm = core.compile_model(core.read_model(str(cdir / art["path"])), "CPU", cfg)
+        ours = {k: str(cm.get_property(k)) for k in ("NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                                                     "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT")}
+        del cm
         med, seen = benchmark_app(cdir / art["path"], rec["input_shape"], threads, seconds,
-                                  job / "bench_app" / str(art["id"]), hint.lower())
+                                  job / "bench_app" / str(art["id"]), hint.lower(),
+                                  int(ours["NUM_STREAMS"]))
         if not out:
-            core = ov.Core()
-            cfg = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32",
-                   **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
-            cm = core.compile_model(core.read_model(str(cdir / art["path"])), "CPU", cfg)
-            ours = {k: str(cm.get_property(k)) for k in ("NUM_STREAMS", "INFERENCE_NUM_THREADS",
-                                                         "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT")}
             print(f"   profiler: record session {sess}; compiled with {cfg} -> plugin reports {ours}")
             print(f"   benchmark_app: {seen.pop('command')} -> reports {seen}")
         out[art["id"]] = ratio_line(f"stitch {art['id']}", rec["latency_ms"]["median"], med, 0.9, 1.1)
