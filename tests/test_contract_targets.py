@@ -109,6 +109,11 @@ def test_bundle_runs_with_only_its_runtime(target, tmp_path, clean_venvs):
                          capture_output=True, text=True, timeout=300)
     assert app.returncode == 0, app.stdout + app.stderr
     assert f"running on {ENGINE[t.backend]})" in app.stdout and "top-5" in app.stdout, app.stdout
+    # the deadline governor's stream (issue 14), same clean environment
+    gov = subprocess.run([str(py), "-I", str(bundle / "app.py"), "--deadline-ms", "1000", "--runs", "50"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert gov.returncode == 0, gov.stdout + gov.stderr
+    assert "governor: 50 calls under a 1000 ms deadline" in gov.stdout, gov.stdout
 
     # the runtime's logits on the compile reference inputs, through the target's gate
     reference = tmp_path / "job" / "compiled" / target / "reference.npz"
