@@ -9,7 +9,8 @@ demo writes). The script
 1. times every stitch of the bundle's front on this machine with the competitor off ("idle"), the
    same stream loop as below, and places the deadline between the fastest and the slowest
    stitch's idle p95 (the midpoint, unless --deadline-ms);
-2. runs three policies on the same stream for --seconds each, while --hogs CPU-bound processes
+2. runs three policies on the same stream for --seconds each (in --rounds rotated turns, so
+   the drift of the machine's other load hits all three alike), while --hogs CPU-bound processes
    (default: one, another process taking a core) are switched on and off in a fixed pattern (--off seconds off, then
    --on seconds on, repeated; each hog also exits on its own after its on-phase, and all are
    killed when the policy ends or the script stops):
@@ -21,7 +22,7 @@ demo writes). The script
 3. prints per policy the deadline-miss rate and the mean validated accuracy of the stitches used
    (weighted by calls), and checks the goal: governor miss rate <= 5% while keeping >= 90% of the
    accuracy gap between static fastest and static best;
-4. plots the governor's trace (latency per call and the active stitch over time, competitor
+4. plots the governor's first round (latency per call and the active stitch over time, competitor
    phases shaded) to --plot.
 
 The stream: one input every --period-ms (default: the deadline, a camera delivering frames at the
@@ -114,19 +115,24 @@ def stream(gov: Governor, inputs: list[np.ndarray], seconds: float | None, perio
     return out
 
 
-def summarize(name: str, gov: Governor, calls: list[dict]) -> dict:
-    s = gov.stats()
+def summarize(name: str, deadline: float, accuracy: dict, calls: list[dict], govs: list[Governor]) -> dict:
+    """Figures of one policy over all its rounds (from the calls themselves)."""
     lat = np.array([c["latency_ms"] for c in calls])
     on = np.array([c["competitor"] for c in calls], bool)
-    res = {"policy": name, "calls": s["calls"], "misses": s["misses"], "miss_rate": s["miss_rate"],
-           "mean_accuracy": s["mean_accuracy"], "switches": s["switches"],
-           "switch_in_misses": s["switch_in_misses"], "flaps": s["flaps"],
-           "miss_rate_competitor_on": float(np.mean(lat[on] > gov.deadline_ms)) if on.any() else None,
-           "miss_rate_competitor_off": float(np.mean(lat[~on] > gov.deadline_ms)) if (~on).any() else None,
-           "p95_ms": float(np.percentile(lat, 95)), "median_ms": float(np.median(lat)),
-           "calls_per_stitch": {sid: p["calls"] for sid, p in s["per_stitch"].items() if p["calls"]},
-           "loaded_at_end": s["loaded"], "load_after": os.getloadavg()}
-    return res
+    missed = lat > deadline
+    acc = [accuracy[c["stitch"]] for c in calls if accuracy.get(c["stitch"]) is not None]
+    per: dict = {}
+    for c in calls:
+        per[c["stitch"]] = per.get(c["stitch"], 0) + 1
+    stats = [g.stats() for g in govs]
+    return {"policy": name, "calls": len(calls), "misses": int(missed.sum()), "miss_rate": float(missed.mean()),
+            "mean_accuracy": float(np.mean(acc)) if acc else None,
+            "switches": sum(st["switches"] for st in stats), "flaps": sum(st["flaps"] for st in stats),
+            "switch_in_misses": sum(st["switch_in_misses"] for st in stats),
+            "miss_rate_competitor_on": float(missed[on].mean()) if on.any() else None,
+            "miss_rate_competitor_off": float(missed[~on].mean()) if (~on).any() else None,
+            "p95_ms": float(np.percentile(lat, 95)), "median_ms": float(np.median(lat)),
+            "calls_per_stitch": per, "load_after": os.getloadavg()}
 
 
 def plot(path: Path, calls: list[dict], deadline: float, front: list, competitor: Competitor,
@@ -174,7 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("bundle", nargs="?", type=Path, default=ROOT / "out" / "demo" / "bundle" / "cpu")
     p.add_argument("--deadline-ms", type=float, default=None)
     p.add_argument("--quantile", type=float, default=0.95)
-    p.add_argument("--seconds", type=float, default=40.0, help="stream length per policy")
+    p.add_argument("--seconds", type=float, default=40.0, help="stream length per policy (all rounds)")
+    p.add_argument("--rounds", type=int, default=2, help="rotated rounds the policies take turns in")
     p.add_argument("--on", type=float, default=5.0, help="seconds the competitor is on per cycle")
     p.add_argument("--off", type=float, default=5.0, help="seconds it is off per cycle (first)")
     p.add_argument("--hogs", type=int, default=1, help="CPU-bound competitor processes (default 1)")
@@ -220,22 +227,32 @@ def main(argv=None) -> int:
           f"stitch {fastest_id}; input every {period * 1e3:.3f} ms; competitor: {args.hogs} CPU-bound "
           f"process(es), {args.off:g} s off / {args.on:g} s on")
 
-    # 2. the three policies on the same pattern
+    # 2. the three policies on the same pattern, in --rounds rotated rounds (the machine's other
+    # load drifts; each policy gets a share of every part of the run)
     competitor = Competitor(args.hogs, args.on, args.off)
-    results, trace = [], None
-    for name, ids in (("governor", None), ("static best", [best["id"]]), ("static fastest", [fastest_id])):
-        print(f"{name}: {load()} before")
-        g = Governor(bundle, deadline_ms=deadline, quantile=args.quantile, stitches=ids, power_mode=None)
-        calls = stream(g, inputs, args.seconds, period, competitor)
-        res = summarize(name, g, calls)
-        g.close()
-        if name == "governor":
-            trace, res["events"] = calls, len(g.events())
+    policies = (("governor", None), ("static best", [best["id"]]), ("static fastest", [fastest_id]))
+    accuracy = {lv["id"]: lv["accuracy"] for lv in front}
+    calls_of: dict = {name: [] for name, _ in policies}
+    govs_of: dict = {name: [] for name, _ in policies}
+    trace = None
+    for r in range(args.rounds):
+        for name, ids in policies[r % 3:] + policies[:r % 3]:
+            print(f"round {r + 1}/{args.rounds}, {name}: {load()} before")
+            g = Governor(bundle, deadline_ms=deadline, quantile=args.quantile, stitches=ids, power_mode=None)
+            calls = stream(g, inputs, args.seconds / args.rounds, period, competitor)
+            g.close()
+            calls_of[name] += calls
+            govs_of[name].append(g)
+            if name == "governor" and trace is None:
+                trace = calls
+    results = []
+    for name, _ in policies:
+        res = summarize(name, deadline, accuracy, calls_of[name], govs_of[name])
         results.append(res)
-        print(f"  {res['calls']} calls, miss rate {100 * res['miss_rate']:.2f}% (competitor on "
+        print(f"{name}: {res['calls']} calls, miss rate {100 * res['miss_rate']:.2f}% (competitor on "
               f"{100 * (res['miss_rate_competitor_on'] or 0):.2f}%, off {100 * (res['miss_rate_competitor_off'] or 0):.2f}%), "
               f"mean validated top-1 {res['mean_accuracy']:.4f}, {res['switches']} switches; per stitch "
-              f"{res['calls_per_stitch']}; {load()} after")
+              f"{res['calls_per_stitch']}")
 
     gov, sbest, sfast = results
     gap = (sbest["mean_accuracy"] or 0) - (sfast["mean_accuracy"] or 0)
@@ -251,7 +268,7 @@ def main(argv=None) -> int:
           f"accuracy gap kept {('-' if kept is None else f'{100 * kept:.1f}%')} of "
           f"{100 * gap:.2f} points (>= 90%: {'met' if ok_acc else 'NOT MET'}); {load()} at the end")
     if args.plot and trace:
-        plot(args.plot, trace, deadline, front, competitor, args.seconds, best["id"],
+        plot(args.plot, trace, deadline, front, competitor, args.seconds / args.rounds, best["id"],
              f"governor on {args.bundle.name}: deadline {deadline:.2f} ms, {args.hogs} CPU hog(s) "
              f"{args.off:g} s off / {args.on:g} s on; miss rate {100 * gov['miss_rate']:.1f}%, "
              f"gap kept {('-' if kept is None else f'{100 * kept:.0f}%')}")
