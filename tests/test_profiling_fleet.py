@@ -116,7 +116,11 @@ def test_fleet_survives_a_board_killed_mid_run(compiled, tmp_path):
     out = json.loads(result.read_text())
     comp = json.loads((compiled / "compile.json").read_text())
     ids = sorted(str(a["id"]) for a in comp["artifacts"])
-    assert out["boards"] == ["b1", "b2", "b3"] and "b2" in out["left"], out
+    # b2 is reported as gone once Ray says so (its health check, or a task that died with it);
+    # whatever Ray said, its work never went missing (below)
+    assert out["boards"] == ["b1", "b2", "b3"] and set(out["left"]) <= {"b2"}, out
+    if out["failed"]:
+        assert out["left"] == ["b2"], out
     assert out["killed"]["at_records"] >= 3
     recs = [json.loads(line) for line in store.read_text().splitlines()]
     spread = [r for r in recs if r["fleet"]["role"] == "spread"]
@@ -124,6 +128,10 @@ def test_fleet_survives_a_board_killed_mid_run(compiled, tmp_path):
     assert sorted(str(r["stitch_id"]) for r in spread) == ids
     assert all(r["board"] in ("b1", "b2", "b3") and r["fleet"]["ray_node_id"] for r in recs)
     assert all(r["latency_ms"]["median"] > 0 and r["measured"] and r["env"] for r in recs)
+    # nothing came from b2 after it was killed (record times are whole seconds)
+    from datetime import datetime
+    killed_at = out["killed"]["time"]
+    assert all(datetime.fromisoformat(r["time"]).timestamp() <= killed_at + 1 for r in recs if r["board"] == "b2")
     # after the kill, the survivors did the rest
     assert {r["board"] for r in spread} <= {"b1", "b2", "b3"}
     common = {(str(r["stitch_id"]), r["board"]) for r in recs if r["fleet"]["role"] == "common"}

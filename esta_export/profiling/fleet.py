@@ -161,6 +161,14 @@ class FleetResult:
         return [r["fleet"]["overhead_ms"] for r in [*self.spread.values(), *self.common.values()]]
 
 
+def _board_gone(ray, err: Exception) -> bool:
+    """Whether a task failed because its board went away (not because the measurement failed)."""
+    gone = tuple(getattr(ray.exceptions, n) for n in ("NodeDiedError", "TaskUnschedulableError",
+                                                      "WorkerCrashedError", "LocalRayletDiedError")
+                 if hasattr(ray.exceptions, n))
+    return isinstance(err, gone) or "node it was running on is dead" in str(err)
+
+
 def _job_files(compiled_dir: Path, art: dict) -> dict[str, bytes]:
     rels = list(art.get("files") or [art["path"]])
     return {rel: (compiled_dir / rel).read_bytes() for rel in rels}
@@ -325,6 +333,9 @@ def profile_fleet(compiled_dir: str | Path, target: Any, store_path: str | Path 
                 why = str(err).strip().splitlines()[0][:200]
                 if role == "common":
                     result.failed[f"common {row['id']} on {board.name}"] = why
+                    if _board_gone(ray, err) and board.name not in result.left:
+                        result.left.append(board.name)  # before the health check says so
+                        say(f"board {board.name} left the cluster")
                     continue
                 raise ProfileError(f"stitch {row['id']} could not be measured on any board: {why}",
                                    hint="see the Ray logs of the boards; measured stitches are kept") from None
