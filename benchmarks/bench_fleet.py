@@ -21,12 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test family's factory (tests/fixtures)
 
 
 def main() -> int:
     import numpy as np
 
-    from esta_export.bundle.testing import make_family
+    from fixtures.family import make_family
     from esta_export.compile import compile_export
 
     print(f"load average before: {os.getloadavg()}")

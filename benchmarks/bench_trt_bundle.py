@@ -17,10 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test family's factory (tests/fixtures)
 
 
 def main() -> int:
-    from esta_export.bundle.testing import make_family
+    from fixtures.family import make_family
     from esta_export.bundle.writer import write_bundle
     from esta_export.compile import compile_export
 

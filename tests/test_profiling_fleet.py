@@ -94,7 +94,7 @@ def test_report_shows_the_spread_between_boards(tmp_path):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    from esta_export.bundle.testing import make_family
+    from fixtures.family import make_family
     from esta_export.compile import compile_export
 
     job = make_family(tmp_path_factory.mktemp("fleet"), with_selection=False)

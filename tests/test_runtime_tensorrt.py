@@ -42,7 +42,7 @@ def test_a_device_older_than_the_plan_builds_full_engines_and_says_so():
 
 @pytest.fixture(scope="module")
 def trt_bundle(tmp_path_factory):
-    from esta_export.bundle.testing import make_family
+    from fixtures.family import make_family
     from esta_export.bundle.writer import write_bundle
     from esta_export.compile import compile_export
 

@@ -183,7 +183,7 @@ def profile_fleet(compiled_dir: str | Path, target: Any, store_path: str | Path 
     from ..backends import get_backend  # noqa: F401 - fail here, not on a board, if broken
     from ..runtime.session import SessionSettings
     from ..targets import load_target
-    from .compiled import default_store_path, input_shape_for, read_compiled, stitch_table
+    from ..stages import default_store_path, input_shape_for, read_compiled, stitch_table
     from .harness import TimingProtocol
     from .store import ProfileStore
 
