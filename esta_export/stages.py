@@ -207,8 +207,12 @@ def _kind(v: Any) -> str:
 
 
 def _load(path: Path, what: str, fix: str) -> Any:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"{what} not found: {path}", hint=fix)
+    # A regular file of a size a stage writes (FIFOs and devices refused before opening, issue 16).
+    # NaN/Infinity parse here so the field checks can name the field; _nan_free catches the rest.
+    from .fsutil import MAX_JSON_BYTES, check_input_file
+    check_input_file(path, what, max_bytes=MAX_JSON_BYTES, error=FormatError, hint=fix)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError, OSError) as err:
@@ -325,8 +329,9 @@ def read_export(export_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"export folder not found: {export_dir}",
                          hint="give the folder written by 'esta-export export' (holds export.json)")
     path = export_dir / EXPORT_SUMMARY
-    return check_export(_load(path, "export summary", "give the folder written by 'esta-export "
-                                                      "export' (holds export.json)"), path)
+    doc = check_export(_load(path, "export summary", "give the folder written by 'esta-export "
+                                                     "export' (holds export.json)"), path)
+    return _nan_free(doc, str(path), _EXPORT_FIX)
 
 
 def write_export(export_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
@@ -391,8 +396,9 @@ def read_compile(compiled_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"compiled folder not found: {compiled_dir}",
                          hint="run 'esta-export compile' first and pass its output folder")
     path = compiled_dir / COMPILE_SUMMARY
-    return check_compile(_load(path, "compile summary", "run 'esta-export compile' first and "
-                                                        "pass its output folder"), path)
+    doc = check_compile(_load(path, "compile summary", "run 'esta-export compile' first and "
+                                                       "pass its output folder"), path)
+    return _nan_free(doc, str(path), _COMPILE_FIX)
 
 
 def write_compile(compiled_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
@@ -524,8 +530,9 @@ def check_selection(doc: Any, path: str | os.PathLike, target: str | None = None
 
 def read_selection(path: str | os.PathLike, target: str | None = None) -> dict[str, Any]:
     path = Path(path)
-    return check_selection(_load(path, "selection", "run 'esta-export select COMPILED_DIR "
-                                                    "--target T' first"), path, target)
+    doc = check_selection(_load(path, "selection", "run 'esta-export select COMPILED_DIR "
+                                                   "--target T' first"), path, target)
+    return _nan_free(doc, str(path), _SELECT_FIX)
 
 
 def write_selection(path: str | os.PathLike, selection: dict[str, Any]) -> Path:
@@ -552,6 +559,7 @@ def check_profile_record(rec: dict[str, Any]) -> str | None:
         c.bool(rec.get("unstable", False), "unstable")
         c.num(rec.get("peak_rss_mb"), "peak_rss_mb", lo=0.0, none=True)
         c.str(rec.get("env_hash"), "env_hash", none=True)
+        _nan_free(rec, "record", "")       # NaN in a field not checked above is not published either
     except FormatError as err:
         return err.message.removeprefix("record: profile record: ")
     return None

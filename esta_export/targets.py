@@ -298,13 +298,14 @@ def _convert(tp: Any, value: Any, path: Path, key: str) -> Any:
     if tp is str and len(value) > 4096:
         raise TargetError(f"{path}: {key} is too long", hint="shorten it")
     if tp is str and key in CHOICES and value not in CHOICES[key]:
-        raise TargetError(f"{path}: {key} = {value!r} is not allowed",
+        raise TargetError(f"{path}: {key} = {value!r:.60} is not allowed",
                           hint=f"allowed values: {', '.join(CHOICES[key])}")
     return float(value) if tp is float else value
 
 
 def _type_error(path: Path, key: str, expected: str, value: Any) -> TargetError:
-    return TargetError(f"{path}: {key} must be {expected}, got {value!r}",
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return TargetError(f"{path}: {key} must be {expected}, got {shown}",
                        hint="fix the target file (see targets/cpu.toml)")
 
 

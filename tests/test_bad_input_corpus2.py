@@ -73,6 +73,8 @@ def world(tmp_path_factory) -> World:
                  "--samples", "8"]) == 0
     assert main(["profile", str(out / "compiled" / "cpu"), "--target", "cpu", "--runs", "3", "--seconds", "0.01",
                  "--no-memory", "--store", str(inp / "cpu.jsonl")]) == 0
+    assert main(["select", str(out / "compiled" / "cpu"), "--target", "cpu", "--store", str(inp / "cpu.jsonl"),
+                 "--out", str(inp / "select-cpu.json")]) == 0
     bundle = write_bundle(out, "cpu", inp / "bundle")
     return World(work, inp, out, cwd, sn, bundle)
 
@@ -216,7 +218,7 @@ CASES = [
          r"FIFO|not found"),
     # -- silently wrong results ----------------------------------------------------------------------
     Case("spec-nan-accuracy", _spec("nanacc.safetensors", _set("training", {"accuracy": {"0": float("nan")}})),
-         r"accuracy"),
+         r"accuracy|NaN"),
     Case("spec-accuracy-above-one", _spec("acc2.safetensors", _set("training", {"accuracy": {"0": 75.0}})),
          r"accuracy"),
     Case("val-data-nan-inputs", lambda w: ["select", w.compiled, "--target", "cpu", "--store", w.inp / "cpu.jsonl",
@@ -276,6 +278,109 @@ CASES = [
     Case("bundle-out-is-file", lambda w: ["bundle", w.out, "--target", "cpu", "--out", w.supernet],
          r"not a folder|is a file", not_expect=r"free space"),
 ]
+
+
+def _selection(name: str, edit, *, command: str = "bundle"):
+    def build(w: World) -> list:
+        doc = json.loads((w.inp / "select-cpu.json").read_text())
+        edit(doc)
+        path = w.inp / name
+        path.write_text(json.dumps(doc))
+        if command == "report":
+            return ["report", "--selection", path, "--compiled", w.compiled, "--report-dir", w.out / "report2"]
+        return ["bundle", w.out, "--target", "cpu", "--selection", path, "--out", w.out / "bundle" / "cpu"]
+    return build
+
+
+def _records(name: str, edit):
+    def build(w: World) -> list:
+        lines = [json.loads(ln) for ln in (w.inp / "cpu.jsonl").read_text().splitlines() if ln.strip()]
+        for rec in lines:
+            edit(rec)
+        path = w.inp / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return ["select", w.compiled, "--target", "cpu", "--store", path, "--out", w.out / "select" / "cpu.json"]
+    return build
+
+
+def _compiled_copy(name: str, edit, command: str):
+    def build(w: World) -> list:
+        d = w.inp / name
+        if not d.exists():
+            shutil.copytree(w.compiled, d)
+            doc = json.loads((d / "compile.json").read_text())
+            edit(doc)
+            (d / "compile.json").write_text(json.dumps(doc))
+            doc["export"] = os.path.relpath(w.export, d)
+            (d / "compile.json").write_text(json.dumps(doc))
+        if command == "profile":
+            return ["profile", d, "--target", "cpu", "--store", w.out / "profiles" / "cpu.jsonl", "--runs", "1"]
+        if command == "bundle":
+            return ["bundle", "--export", w.export, "--compiled", d, "--target", "cpu", "--out", w.out / "bundle" / "x"]
+        return ["select", d, "--target", "cpu", "--store", w.inp / "cpu.jsonl", "--out", w.out / "select" / "cpu.json"]
+    return build
+
+
+def _first_art(doc, **change):
+    doc["artifacts"][0].update(change)
+
+
+def _other_export(w: World) -> Path:
+    """An export of another supernet (20 classes), for a bundle that mixes it with this compile."""
+    import torch
+
+    from esta_export.cli import main
+    from esta_export.supernet import AnchorConfig, Supernet, SupernetSpec
+    from esta_export.supernet.formats import save_supernet
+
+    d = w.work.parent / f"{w.work.name}-other"
+    if not (d / "export" / "export.json").is_file():
+        d.mkdir(exist_ok=True)
+        anchors = tuple(AnchorConfig(n, wd, 2, max(1, wd // 16), img_size=32, patch_size=8, num_classes=20)
+                        for n, wd in (("Ti", 32), ("S", 48)))
+        torch.manual_seed(0)
+        sn = save_supernet(Supernet(SupernetSpec(anchors, "snnet_v1")).eval(), d / "other.safetensors")
+        assert main(["export", str(sn), "--out", str(d / "export"), "--stitches", "0-1", "-q"]) == 0
+    return d / "export"
+
+
+STAGE_CASES = [
+    # -- selections (bundle and report read them) -----------------------------------------------------
+    Case("selection-selected-string", _selection("s1.json", _set("selected", "1,2")), r"selected"),
+    Case("selection-selected-null", _selection("s2.json", _set("selected", None)), r"selected"),
+    Case("selection-selected-nested", _selection("s3.json", _set("selected", [[1]])), r"selected"),
+    Case("selection-other-target", _selection("s4.json", _set("target", "jetson-orin")), r"target"),
+    Case("selection-nan-latency", _selection("s5.json", lambda d: d["stitches"][0].update(latency=float("nan"))),
+         r"NaN|latency|JSON"),
+    Case("report-selection-garbage-type", _selection("s6.json", _set("stitches", "all"), command="report"),
+         r"stitches"),
+    # -- profile records ------------------------------------------------------------------------------------
+    Case("records-median-nan", _records("r1.jsonl", lambda r: r["latency_ms"].update(median=float("nan"))),
+         r"median|NaN|record"),
+    Case("records-median-string", _records("r2.jsonl", lambda r: r["latency_ms"].update(median="fast")),
+         r"median|record"),
+    Case("records-median-list", _records("r3.jsonl", lambda r: r["latency_ms"].update(median=[1.0])),
+         r"median|record"),
+    # -- compile summaries ------------------------------------------------------------------------------------
+    Case("compile-artifacts-object", _compiled_copy("cobj", lambda d: d.update(artifacts={"0": {}}), "select"),
+         r"artifacts"),
+    Case("compile-artifact-path-dotdot", _compiled_copy("cdot", lambda d: _first_art(d, path="../../in/good.safetensors"),
+                                                        "profile"), r"path|leaves|\.\."),
+    Case("compile-artifact-path-absolute", _compiled_copy("cabs", lambda d: _first_art(d, path="/etc/passwd"),
+                                                          "bundle"), r"path|leaves|absolute"),
+    Case("bundle-export-of-another-supernet",
+         lambda w: ["bundle", "--export", _other_export(w), "--compiled", w.compiled, "--target", "cpu",
+                    "--out", w.out / "bundle" / "mixed"], r"supernet|another|classes"),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in STAGE_CASES])
+def test_stage_file_case(case: Case, world: World, capfd) -> None:
+    argv = case.build(world)
+    before = snapshot(world.work)
+    rc, out, err = run_cli(argv, capfd, cwd=world.cwd)
+    assert_one_line_error(rc, out, err, case.expect)
+    assert_untouched(before, snapshot(world.work))
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])

@@ -102,8 +102,8 @@ class SupernetSpec:
     @classmethod
     def loads(cls, text: str) -> "SupernetSpec":
         try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, TypeError, RecursionError) as err:
+            d = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, TypeError, RecursionError, ValueError) as err:
             raise FormatError(f"the supernet spec is not valid JSON ({err})",
                               hint="the file is damaged; convert the checkpoint again") from None
         return _parse_spec(d)
@@ -112,6 +112,10 @@ class SupernetSpec:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         kw.update(changes)
         return SupernetSpec(**kw)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _adaptation_json(a: AdaptationSpec) -> dict:
@@ -141,14 +145,14 @@ def _obj(d: Any, path: str, required: set[str], optional: set[str] = frozenset()
 
 def _int(v: Any, path: str, lo: int = 0, hi: int = 1 << 20) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise _bad(path, f"must be an integer in [{lo}, {hi}], got {v!r}")
+        raise _bad(path, f"must be an integer in [{lo}, {hi}], got {v!r:.60}")
     return v
 
 
 def _num(v: Any, path: str, lo: float = -math.inf, hi: float = math.inf, positive: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
             or (positive and v <= 0):
-        raise _bad(path, f"must be a finite number{' > 0' if positive else ''}, got {v!r}")
+        raise _bad(path, f"must be a finite number{' > 0' if positive else ''}, got {v!r:.60}")
     return float(v)
 
 
@@ -161,7 +165,7 @@ def _str(v: Any, path: str, choices: tuple[str, ...] | None = None, maxlen: int 
 
 def _bool(v: Any, path: str) -> bool:
     if not isinstance(v, bool):
-        raise _bad(path, f"must be true or false, got {v!r}")
+        raise _bad(path, f"must be true or false, got {v!r:.60}")
     return v
 
 
@@ -193,7 +197,7 @@ def _parse_spec(d: Any) -> SupernetSpec:
     try:
         major = int(version.split(".")[0])
     except ValueError:
-        raise _bad("format_version", f"must look like '1.0', got {version!r}") from None
+        raise _bad("format_version", f"must look like '1.0', got {version!r:.60}") from None
     if major > int(FORMAT_VERSION.split(".")[0]):
         raise FormatError(f"supernet format version {version} is newer than this esta-export reads "
                           f"({FORMAT_VERSION})", hint="upgrade esta-export")
