@@ -368,6 +368,9 @@ STAGE_CASES = [
                                                         "profile"), r"path|leaves|\.\."),
     Case("compile-artifact-path-absolute", _compiled_copy("cabs", lambda d: _first_art(d, path="/etc/passwd"),
                                                           "bundle"), r"path|leaves|absolute"),
+    Case("bundle-out-over-compiled", lambda w: ["bundle", w.out, "--target", "cpu", "--out", w.compiled],
+         r"is also the compiled folder"),
+    Case("bundle-out-root", lambda w: ["bundle", w.out, "--target", "cpu", "--out", "/"], r"system folder"),
     Case("bundle-export-of-another-supernet",
          lambda w: ["bundle", "--export", _other_export(w), "--compiled", w.compiled, "--target", "cpu",
                     "--out", w.out / "bundle" / "mixed"], r"supernet|another|classes"),
@@ -432,6 +435,24 @@ def test_failing_compile_keeps_earlier_compile(world: World, capfd, monkeypatch)
                             "--samples", "8"], capfd)
     assert rc == 2 and "Traceback" not in err, err
     assert re.search(r"no stitch compiled .* earlier compile .* is kept", err.splitlines()[-1]), err
+    assert_untouched(before, snapshot(world.work))
+
+
+def test_failing_report_keeps_earlier_report(world: World, capfd, monkeypatch) -> None:
+    """A report that fails while writing leaves the earlier complete report exactly as it was."""
+    import esta_export.report.html as H
+
+    sel = world.inp / "select-cpu.json"
+    rdir = world.out / "report"
+    rc, out, err = run_cli(["report", "--selection", sel, "--compiled", world.compiled, "--report-dir", rdir], capfd)
+    assert rc == 0, err
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device", str(rdir / "report.html"))
+    monkeypatch.setattr(H, "render_html", broken)
+    before = snapshot(world.work)
+    rc, out, err = run_cli(["report", "--selection", sel, "--compiled", world.compiled, "--report-dir", rdir], capfd)
+    assert_one_line_error(rc, out, err, r"No space|full")
     assert_untouched(before, snapshot(world.work))
 
 

@@ -111,6 +111,10 @@ def write_bundle(job_dir: str | Path | None, target: str, bundle_dir: str | Path
 
     bundle_dir = Path(bundle_dir)
     final = bundle_dir.with_name(bundle_dir.name[:-7]) if bundle_dir.name.endswith(".tar.gz") else bundle_dir
+    from ..fsutil import check_not_input, check_out_dir
+    check_out_dir(final)
+    check_not_input(final, {"the export folder": export_dir, "the compiled folder": compiled_dir,
+                            "the selection": selection})
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -155,15 +159,11 @@ def _first(*sources: dict | None, key: str):
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        if not (final / MANIFEST).is_file() and any(final.iterdir()):
-            raise BundleError(f"{final} exists and is not a bundle", hint="choose another --out or remove it")
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    from ..fsutil import swap_into_place
+
+    if final.exists() and not (final / MANIFEST).is_file() and any(final.iterdir()):
+        raise BundleError(f"{final} exists and is not a bundle", hint="choose another --out or remove it")
+    swap_into_place(tmp, final)   # one atomic exchange where the OS has it: no moment without a bundle
 
 
 def _plan(export: dict, compiled: dict, select: dict | None) -> dict:

@@ -63,10 +63,15 @@ class ProfileCommand:
             return _remote(args, compiled, target, store, ids)
         if args.ray:
             return _fleet(args, compiled, target, store, ids)
-        res = profile_compiled(compiled, target, store, stitch_ids=ids, budget=args.budget,
-                               fresh=args.fresh, min_runs=args.runs, min_seconds=args.seconds,
-                               memory=not args.no_memory, progress=_progress(),
-                               cv_metric=args.stability, tune=args.tune)
+        from ..fsutil import output_lock
+
+        store.parent.mkdir(parents=True, exist_ok=True)
+        # One local profiler per store folder: two would time each other and interleave records.
+        with output_lock(store.parent, "profile store folder"):
+            res = profile_compiled(compiled, target, store, stitch_ids=ids, budget=args.budget,
+                                   fresh=args.fresh, min_runs=args.runs, min_seconds=args.seconds,
+                                   memory=not args.no_memory, progress=_progress(),
+                                   cv_metric=args.stability, tune=args.tune)
         print(f"{len(res.measured)} stitches measured, {len(res.cached)} reused from {res.store}"
               + (f", {len(res.predicted)} predicted" if res.predicted else ""))
         if res.predictor and res.predictor.get("leave_one_out", {}).get("mape") is not None:

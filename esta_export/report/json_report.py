@@ -122,7 +122,8 @@ def write_report(out_dir: str | Path | None = None, report_dir: str | Path | Non
                  selections: Sequence[str | Path] = (), compiled: Sequence[str | Path] = ()
                  ) -> dict[str, Path]:
     """Write report.json, report.html and the PNGs; returns their paths."""
-    from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from ..fsutil import (atomic_write_bytes, atomic_write_json, atomic_write_text, output_lock, prepare_out_dir,
+                          stage_output)
     from .html import render_html
     from .plots import flops_latency_plot, pareto_plot
 
@@ -137,15 +138,19 @@ def write_report(out_dir: str | Path | None = None, report_dir: str | Path | Non
         images[f"flops_latency_{name}.png"] = flops_latency_plot(t["selection"])
         t["plots"] = [f"pareto_{name}.png", f"flops_latency_{name}.png"]
     paths: dict[str, Path] = {}
-    for fname, data in images.items():
-        atomic_write_bytes(dest / fname, data)
-        paths[fname] = dest / fname
-    first = report["targets"][0]["target"]
-    # The README shows this one: the first target's measured front.
-    atomic_write_bytes(dest / "pareto.png", images[f"pareto_{first}.png"])
-    atomic_write_bytes(dest / "flops_latency.png", images[f"flops_latency_{first}.png"])
-    atomic_write_text(dest / "report.html", render_html(report, images))
-    atomic_write_json(dest / "report.json", report)  # last: its presence means the report is done
+    # One writer per report folder; an earlier complete report is replaced only once the new one
+    # is whole (written beside it, swapped in), so a failure leaves it exactly as it was.
+    final = prepare_out_dir(dest, "--report-dir")
+    with output_lock(final), stage_output(final, "report.json") as d:
+        for fname, data in images.items():
+            atomic_write_bytes(d / fname, data)
+            paths[fname] = dest / fname
+        first = report["targets"][0]["target"]
+        # The README shows this one: the first target's measured front.
+        atomic_write_bytes(d / "pareto.png", images[f"pareto_{first}.png"])
+        atomic_write_bytes(d / "flops_latency.png", images[f"flops_latency_{first}.png"])
+        atomic_write_text(d / "report.html", render_html(report, images))
+        atomic_write_json(d / "report.json", report)  # last: its presence means the report is done
     paths.update({"pareto.png": dest / "pareto.png", "report.html": dest / "report.html",
                   "report.json": dest / "report.json"})
     return paths
