@@ -18,18 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import InputError, ResourceError
+from .runtime.integrity import sha256_file  # noqa: F401  (the one copy; the runtime ships it)
 
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -55,7 +48,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         _fsync(tmp_path)
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -84,15 +77,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry for a renamed file), ignoring what cannot be."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -136,15 +121,6 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str) -> N
         raise ResourceError(
             f"{what} needs about {needed_bytes / 1e6:.0f} MB but only {free / 1e6:.0f} MB are free "
             f"under {probe}", hint="free disk space, choose another --out, or export fewer --stitches")
-
-
-def is_within(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
-    """True when ``child`` resolves inside ``parent`` (symlinks followed)."""
-    try:
-        Path(child).resolve().relative_to(Path(parent).resolve())
-        return True
-    except ValueError:
-        return False
 
 
 # -- issue 16: inputs that are not plain files, outputs that are not safe to write ----------------
@@ -452,7 +428,7 @@ def swap_into_place(new: Path, final: Path) -> None:
         os.replace(final, old)
         os.replace(new, final)   # a crash between the two renames is undone by recover_swap
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(final.parent)
+    _fsync(final.parent)
 
 
 def recover_swap(final: str | os.PathLike) -> None:

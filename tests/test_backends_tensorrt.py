@@ -15,9 +15,8 @@ import pytest
 from esta_export.backends import get_backend
 from esta_export.runtime import gates
 from esta_export.runtime.tensorrt import device, runner, validation
-from esta_export.backends.tensorrt import (build_plan, capabilities, on_target_device,
-                                           parse_trtexec_times, trtexec_command)
-from esta_export.errors import BackendUnavailableError, CompileError, ProfileError
+from esta_export.backends.tensorrt import build_plan, capabilities, on_target_device, trtexec_command
+from esta_export.errors import BackendUnavailableError, CompileError
 from esta_export.targets import load_target
 from tiny_export import calibration, export_onnx
 
@@ -82,34 +81,6 @@ def _times(n=50, seed=0):
                      "d2hMs": d2h, "latencyMs": h2d + comp + d2h})
         t += 4.0
     return rows
-
-
-def test_parse_trtexec_times(tmp_path):
-    rows = _times()
-    p = tmp_path / "times.json"
-    p.write_text(json.dumps(rows, indent=1))
-    s = parse_trtexec_times(p)
-    lat = np.array([r["latencyMs"] for r in rows])
-    m = s["metrics"]["latencyMs"]
-    assert s["queries"] == 50 and m["count"] == 50
-    assert m["mean"] == pytest.approx(lat.mean()) and m["median"] == pytest.approx(np.median(lat))
-    assert m["p99"] == pytest.approx(np.percentile(lat, 99)) and m["min"] == pytest.approx(lat.min())
-    assert s["metrics"]["enqueueMs"]["mean"] == pytest.approx(0.1)
-    assert s["metrics"]["h2dMs"]["mean"] == pytest.approx(0.05)
-
-
-def test_parse_trtexec_times_old_names_and_errors(tmp_path):
-    old = [{"startInMs": 0, "endInMs": 0.1, "inMs": 0.1, "computeMs": 1.0, "outMs": 0.2,
-            "latencyMs": 1.3, "endToEndMs": 1.4}] * 3
-    s = parse_trtexec_times(old)
-    assert s["metrics"]["h2dMs"]["mean"] == pytest.approx(0.1)
-    assert s["metrics"]["d2hMs"]["mean"] == pytest.approx(0.2)
-    bad = tmp_path / "bad.json"
-    bad.write_text("{\"count\": 3}")
-    with pytest.raises(ProfileError, match="per-query"):
-        parse_trtexec_times(bad)
-    with pytest.raises(ProfileError, match="cannot read"):
-        parse_trtexec_times(tmp_path / "missing.json")
 
 
 def test_engine_key_refuses_other_setups():

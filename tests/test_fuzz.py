@@ -5,7 +5,7 @@ Property: whatever the input, a parser returns a value or raises ``esta_export.e
 
 - ``spec``      the native supernet spec: ``SupernetSpec.loads`` (text) / ``from_json`` (values)
 - ``target``    target TOML: ``load_target(path)`` on random text and on mutated real targets
-- ``profile``   the profile store reader: ``ProfileStore.records`` / ``latest_by_artifact`` / ``lookup``
+- ``profile``   the profile store reader: ``ProfileStore.records`` / ``stages.read_profile_records`` / ``lookup``
 - ``manifest``  the bundle manifest reader: ``load_manifest`` / ``check_manifest``
 
 Inputs are random text and bytes, random JSON-like values, and *mutations of valid documents*
@@ -177,8 +177,9 @@ def fuzz_target_value(value: Any) -> None:
 
 def fuzz_profile_bytes(data: bytes) -> None:
     from esta_export.profiling.store import ProfileStore
+    from esta_export.stages import read_profile_records
     store = ProfileStore(_write("fuzz.jsonl", data))
-    expect_esta_error_or_value(lambda: (store.records(), store.latest_by_artifact("cpu"),
+    expect_esta_error_or_value(lambda: (store.records(), read_profile_records(store.path, "cpu"),
                                         store.lookup("ab" * 32, "e1", "s1")))
 
 

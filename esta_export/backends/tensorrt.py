@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, CompileError, ProfileError
+from ..errors import BackendUnavailableError, CompileError
 from ..fsutil import atomic_write_json, atomic_write_text, sha256_file
 from ..runtime.tensorrt.capabilities import CAPABILITIES  # noqa: F401 - the table, re-exported
 from ..runtime.tensorrt.capabilities import UnsupportedTensorRT
@@ -135,53 +135,6 @@ def trtexec_command(plan: dict[str, Any], times: str) -> list[str]:
     cmd += [f"--timingCacheFile={plan['timing_cache']}", f"--exportTimes={times}",
             f"--exportLayerInfo={plan['layer_info']}", "--profilingVerbosity=detailed"]
     return cmd
-
-
-# ---- trtexec --exportTimes ------------------------------------------------------------------
-# The file is a JSON list with one dict per inference query. TensorRT 8.x/10.x write
-# startEnqMs, endEnqMs, startH2dMs, endH2dMs, startComputeMs, endComputeMs, startD2hMs,
-# endD2hMs, h2dMs, computeMs, d2hMs, latencyMs (latency = H2D + compute + D2H); older releases
-# named the transfers startInMs/endInMs/inMs and startOutMs/endOutMs/outMs.
-_ALIASES = {"inMs": "h2dMs", "outMs": "d2hMs"}
-TIME_METRICS = ("latencyMs", "computeMs", "h2dMs", "d2hMs", "enqueueMs")
-
-
-def parse_trtexec_times(source: str | os.PathLike | list) -> dict[str, Any]:
-    """Latency statistics (ms) per metric from a ``--exportTimes`` file or its parsed list."""
-    if isinstance(source, list):
-        rows = source
-    else:
-        try:
-            rows = json.loads(Path(source).read_text())
-        except (OSError, ValueError) as err:
-            raise ProfileError(f"cannot read trtexec times {source} ({err})",
-                               hint="pass the file written by trtexec --exportTimes=FILE") from None
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise ProfileError(f"trtexec times {source if not isinstance(source, list) else ''} is "
-                           f"not a non-empty list of per-query objects",
-                           hint="pass the file written by trtexec --exportTimes=FILE")
-    series: dict[str, list[float]] = {m: [] for m in TIME_METRICS}
-    for r in rows:
-        r = {_ALIASES.get(k, k): v for k, v in r.items()}
-        if "startEnqMs" in r and "endEnqMs" in r:
-            r["enqueueMs"] = r["endEnqMs"] - r["startEnqMs"]
-        for m in TIME_METRICS:
-            if isinstance(r.get(m), (int, float)):
-                series[m].append(float(r[m]))
-    if not series["latencyMs"]:
-        raise ProfileError("trtexec times hold no latencyMs values",
-                           hint="pass the file written by trtexec --exportTimes=FILE")
-    return {"queries": len(rows),
-            "metrics": {m: _stats(v) for m, v in series.items() if v}}
-
-
-def _stats(v: list[float]) -> dict[str, float]:
-    a = np.asarray(v, dtype=np.float64)
-    mean, std = float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-    p = np.percentile(a, [50, 90, 95, 99])
-    return {"count": int(len(a)), "min": float(a.min()), "max": float(a.max()), "mean": mean,
-            "median": float(p[0]), "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]),
-            "std": std, "cv": std / mean if mean else 0.0}
 
 
 # ---- where are we? --------------------------------------------------------------------------

@@ -106,12 +106,12 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
             "compile' there, then 'esta-export profile' there (or use --remote user@host)")
     rows = stitch_table(comp, export)
     if stitch_ids is not None:
-        wanted = {str(s) for s in stitch_ids}
-        unknown = wanted - {str(r["id"]) for r in rows}
+        wanted = {int(s) for s in stitch_ids}
+        unknown = sorted(wanted - {r["id"] for r in rows})
         if unknown:
-            raise InputError(f"stitch ids not compiled: {', '.join(sorted(unknown))}",
+            raise InputError(f"stitch ids not compiled: {', '.join(map(str, unknown))}",
                              hint="see compile.json for the compiled stitches")
-        rows = [r for r in rows if str(r["id"]) in wanted]
+        rows = [r for r in rows if r["id"] in wanted]
     if not rows:
         raise ProfileError(f"no compiled artifacts in {compiled_dir}",
                            hint="re-run 'esta-export compile' (see its 'failed' list)")

@@ -132,16 +132,6 @@ class ProfileStore:
                 hit = rec
         return hit
 
-    def latest_by_artifact(self, target: str | None = None) -> dict[str, dict[str, Any]]:
-        """Newest measured record per artifact hash (optionally for one target)."""
-        out: dict[str, dict[str, Any]] = {}
-        for rec in self.records():
-            if target is not None and rec.get("target") != target:
-                continue
-            if rec.get("measured", True) and isinstance(rec.get("artifact_sha256"), str):
-                out[rec["artifact_sha256"]] = rec
-        return out
-
 
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
