@@ -498,6 +498,7 @@ def test_output_lock_refuses_a_second_writer(tmp_path: Path, monkeypatch) -> Non
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_exports_never_interleave(world: World, tmp_path: Path) -> None:
     """Two `export` runs into one --out: the second waits for the first, then reuses its work;
     the result is exactly a clean export (every graph's hash matches its record and its logits

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from esta_export.profiling.store import ProfileStore
 from esta_export.select import select_compiled
 
@@ -16,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo" / "digits-esta.safetensors"
 
 
+@pytest.mark.slow
 def test_device_profile_records_match_compiled_artifacts(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = tmp_path / "jo"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -46,6 +48,7 @@ def _demo(out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_readme_main_job_runs_on_the_demo(tmp_path):
     out = tmp_path / "demo"
     proc = _demo(out, "--stitches", "0,1,2,32,34", "--runs", "5", "--seconds", "0.05", "-q")
@@ -64,6 +67,7 @@ def test_readme_main_job_runs_on_the_demo(tmp_path):
     assert "top-5" in app.stdout
 
 
+@pytest.mark.slow
 def test_replay_saved_run_config(tmp_path):
     proc = _demo(tmp_path / "o", "--dry-run", timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -89,6 +89,7 @@ def test_parse_remote():
         parse_remote("root@host:ssh")
 
 
+@pytest.mark.slow
 def test_remote_profile_over_loopback_ssh(sshd, bundle, tmp_path):
     store = tmp_path / "profiles" / "cpu.jsonl"
     remote_dir = str(tmp_path / "device" / "bundle")  # the "device" is this machine
