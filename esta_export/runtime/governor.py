@@ -22,6 +22,8 @@ than every faster one) and moves along it:
   switch-in latency (``latency.switch_in_ms`` in the manifest, else measured at construction) and
   the switch is taken only if that prediction fits too; such calls are counted apart
   (``switch_in_calls``/``switch_in_misses``) and kept out of the window;
+- no step down where no stitch would miss less: delays from interruptions (another process's
+  time slice) cost every stitch the same (see :meth:`Governor._futile`);
 - neighbours stay loaded (``warm`` stitches each side of the active one, loaded by a background
   thread), so a switch is a pointer swap and memory is bounded by ``2 * warm + 1`` sessions
   (default: the whole front when the bundle shares its weights, where a session costs little).
@@ -30,9 +32,10 @@ Thread-safe like :meth:`Bundle.run`: any number of threads may call :meth:`run`;
 runs under a lock, inference outside it. ``clock`` (seconds, default ``time.perf_counter``) is
 injectable so tests script the latencies.
 
-On a Jetson the governor reads the power mode (``nvpmodel -q``, the profiler's probe in runtime/environment.py) and, where
-the manifest holds latencies measured in that mode (``latency.by_power_mode[NAME]``), starts from
-and scales by those; temperatures are reported in :meth:`stats`. NOT verified on hardware.
+On a Jetson the governor reads the power mode (``nvpmodel -q``, the profiler's probe in
+runtime/environment.py) and, where the manifest holds latencies measured in that mode
+(``latency.by_power_mode[NAME]``; nothing writes that key yet), starts from and scales by those;
+temperatures are reported in :meth:`stats`. NOT verified on hardware.
 """
 
 from __future__ import annotations
@@ -48,9 +51,6 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import BundleError, NoStitchFitsError
-
-_STAT_FOR_QUANTILE = {0.5: "median", 0.9: "p90", 0.95: "p95", 0.99: "p99"}
-
 
 @dataclass(frozen=True)
 class Call:
@@ -79,7 +79,8 @@ class _Level:
 
 
 def _check_number(name: str, value, low: float, high: float, *, low_open: bool = True) -> float:
-    want = f"pass a finite number above {low:g}" if math.isinf(high) else f"pass a number in ({low:g}, {high:g}]"
+    want = (f"pass a finite number above {low:g}" if math.isinf(high)
+            else f"pass a number in ({low:g}, {high:g}]")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -140,9 +141,11 @@ class Governor:
     of calls that should meet it, and the quantile of the window that is watched.
     stitches: ids to govern (default: the bundle's front by latency and accuracy).
     window: latencies kept of the active stitch. down_at / up_at: fractions of the deadline at
-    which to step down / up (``up_at < down_at``: hysteresis; defaults 0.95 / 0.85). hold: calls on a stitch before a
-    step up (default: ``window``). warm: stitches kept loaded each side of the active one (None:
-    all; "auto": all when the bundle shares weights, else 1). start: first stitch id (default: the most accurate predicted to fit under ``up_at``).
+    which to step down / up (``up_at < down_at``: hysteresis; defaults 0.95 / 0.85).
+    hold: calls on a stitch before a step up (default: ``window``).
+    warm: stitches kept loaded each side of the active one (None: all; "auto": all when the
+    bundle shares weights, else 1).
+    start: first stitch id (default: the most accurate predicted to fit under ``up_at``).
     switch_in: "auto" (manifest ``latency.switch_in_ms``, measured here where absent), "measure"
     (always measure here), or "manifest" (absent means the same as a steady call).
     clock: seconds, monotonic. background: load neighbours in a thread (False: in the calling
