@@ -1,26 +1,43 @@
-"""ESTA adaptation vs SN-Net-style full fine-tuning of the same supernet: trainable parameters, peak
-training memory and wall time per epoch, printed as ratios from one run.
+"""ESTA against direct adaptation of the stitched family (issue 15), one run: same anchors, data,
+epochs, batches and seed for three training modes:
 
-    python benchmarks/bench_train.py [--widths 64,128,256] [--depth 6] [--images 512] [--batch 32]
+  esta          ESTA one-stage as built: anchors frozen, shared LoRA, per-stitch biases, stitching-layer
+                LoRA, heads; stitches drawn by training-time importance (0.3 uniform floor)
+  snnet         SN-Net's direct adaptation: the stitched family fine-tuned in full (every anchor and
+                stitching weight trains), stitches drawn uniformly
+  esta-uniform  ESTA without importance sampling (floor 1.0: uniform draws)
 
-Each mode runs in a fresh subprocess, so its peak memory is its own. Memory method: the resident
-set size after building (and, for ESTA, least-squares initialising) the model is read from
-``/proc/self/statm``; the kernel's peak mark is then reset (``/proc/self/clear_refs`` = 5) and the
-peak (``VmHWM``) read after the epoch (fallback where the reset is not allowed: the process's
-``resource.getrusage(RUSAGE_SELF).ru_maxrss``). Training memory = peak - that RSS,
-i.e. the memory training itself adds (gradients, optimizer moments, activations kept for backward).
-tracemalloc would miss torch's allocations. Both modes train the same stitches on the same batches
-(uniform draws from one seed) with Adam; ESTA trains shared LoRA + stitching-layer LoRA + per-stitch
-bias rows + heads, full fine-tuning trains every anchor and stitching weight.
+    python benchmarks/bench_train.py [--epochs 10] [--pretrain-epochs 25] [--plot docs/train_fronts.png]
+    python benchmarks/bench_train.py --importance OUT/select/cpu.json --supernet SUPERNET.safetensors
+
+The family: three ViT anchors (widths 64/128/256, depth 6, MLP ratio 2, 32 px in 8 px patches) pretrained here on
+scikit-learn's digits (training split only), stitched by the code 'esta-export stitch' runs (SN-Net v1
+space, least-squares init on 100 training images): 35 stitches. Every stitch is evaluated on the
+held-out split (359 images). Per mode: trained parameters (those that receive gradients; ESTA's per-stitch bias tables count
+only the rows of layers each stitch runs, the rest never change) and all tensors set trainable, peak training memory, wall time per
+epoch, top-1 of every stitch, and its accuracy-vs-FLOPs front; the fronts are compared at every
+budget (each stitch's FLOPs is a budget: the best top-1 a mode offers within it).
+
+Each mode runs in a fresh process, so its peak memory is its own. Memory: resident set size after
+building and initialising the model (``/proc/self/status`` VmRSS), then the kernel's peak mark is
+reset (``/proc/self/clear_refs`` = 5) and VmHWM read after the last training step (fallback:
+``ru_maxrss``); training memory = peak - that RSS (gradients, optimizer moments, activations).
+
+``--importance`` checks ESTA's importance estimate against deployment (issue 15 item 4): the k
+stitches the supernet's training ranks most important vs the k stitches on the measured
+accuracy-vs-latency front of a selection (``esta-export select``), k = the front's size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from esta_export.profiling.memory import _reset_peak, _status_kb  # noqa: E402  (the profiler's /proc readers)
+
+MODES = ("esta", "snnet", "esta-uniform")
+WIDTHS, HEADS, DEPTH, MLP, IMAGE, PATCH = (64, 128, 256), (2, 4, 8), 6, 2.0, 32, 8
+VAL_SPLIT = 0.2
 
 
 def _rss_kib() -> int:
@@ -38,90 +59,272 @@ def _peak_kib() -> int:
     return _status_kb("VmHWM") or 0
 
 
-def run_mode(mode: str, widths: list[int], depth: int, images: int, batch: int, threads: int) -> dict:
+def digits(seed: int):
+    from sklearn.datasets import load_digits
+
+    from esta_export.train import from_arrays
+    d = load_digits()
+    return from_arrays(d.images / 16.0, d.target, IMAGE, val_split=VAL_SPLIT, seed=seed, name="sklearn-digits")
+
+
+# -- anchors ----------------------------------------------------------------------------------------
+def pretrain_anchors(folder: Path, epochs: int, seed: int, quiet: bool) -> list[Path]:
+    """Three anchors on the training split, each written as a timm state dict (.safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from esta_export.supernet import AnchorConfig
+    from esta_export.train.pretrain import accuracy, pretrain_anchor
+
+    data = digits(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (w, h) in enumerate(zip(WIDTHS, HEADS)):
+        path = folder / f"anchor{w}.safetensors"
+        paths.append(path)
+        if path.exists():
+            continue
+        cfg = AnchorConfig(f"w{w}", w, DEPTH, h, mlp_ratio=MLP, patch_size=PATCH, img_size=IMAGE, num_classes=10)
+        torch.manual_seed(seed + i)
+        a = pretrain_anchor(cfg, data.x_train, data.y_train, epochs=epochs, seed=seed + i, quiet=True)
+        save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(path))
+        if not quiet:
+            print(f"  pretrained width {w}: val top-1 {accuracy(a, data.x_val, data.y_val):.4f}", flush=True)
+    return paths
+
+
+# -- one mode (runs in its own process) -------------------------------------------------------------
+def run_mode(mode: str, anchors: list[str], epochs: int, batch: int, lr: float, full_lr: float, seed: int,
+             threads: int) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from esta_export.supernet import AnchorConfig, Supernet, SupernetSpec
-    from esta_export.train import TrainConfig, Trainer, from_arrays, prepare
-    from esta_export.train.adapt import full_finetune_params
+    from esta_export.flops import stitch_flops
+    from esta_export.supernet.formats.timm import read_anchor
+    from esta_export.train import TrainConfig, Trainer, evaluate_stitches, prepare
+    from esta_export.train.adapt import full_finetune_params, trained_param_count
+    from esta_export.train.stitch import stitch_anchors
+    from esta_export.train.trainer import lr_at
 
     torch.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    data = from_arrays(rng.uniform(0, 1, (images, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, images), 32,
-                       val_split=0.1, seed=0)
-    anchors = tuple(AnchorConfig(f"a{i}", w, depth, max(1, w // 32), patch_size=8, img_size=32, num_classes=10)
-                    for i, w in enumerate(widths))
-    torch.manual_seed(0)
-    model = Supernet(SupernetSpec(anchors, "snnet_v1"))
-    cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-4, lora_rank=8, quiet=True)
-    if mode == "esta":
-        model, _ = prepare(model, data, cfg)
-        trainer = Trainer(model, cfg)
-        params = trainer.groups.all
-
-        def step(x, y, sid):
-            trainer.step(x, y, sid)
-    else:
+    data = digits(seed)
+    files = [read_anchor(a) for a in anchors]
+    g = torch.Generator().manual_seed(seed)
+    calib = data.x_train[torch.randperm(len(data.y_train), generator=g)[:100]]
+    model = stitch_anchors(files, "snnet_v1", calib, num_heads=HEADS, input_spec=data.input_spec()).model
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, lora_rank=4, seed=seed, quiet=True,
+                      floor=1.0 if mode == "esta-uniform" else 0.3)
+    n = len(data.y_train)
+    steps = math.ceil(n / batch)
+    total = epochs * steps
+    draws: dict[int, int] = {}
+    if mode == "snnet":
         params = full_finetune_params(model)
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.Adam(params, lr=full_lr)
+        rng = np.random.default_rng(seed)
+        ids = model.space.ids
 
-        def step(x, y, sid):
+        def step(x, y, k):
+            sid = int(rng.choice(ids))
+            draws[sid] = draws.get(sid, 0) + 1
             model.train()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(k, total, TrainConfig(lr=full_lr))
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x, sid), y).backward()
             opt.step()
+    else:
+        model, _ = prepare(model, data, cfg)            # ESTA tensors; LS init as 'esta-export train' does
+        trainer = Trainer(model, cfg)
+        params = trainer.groups.all
+
+        def step(x, y, k):
+            trainer.step(x, y, trainer.sampler.sample(), lr=lr_at(k, total, cfg))
     trainable = sum(p.numel() for p in params)
-    total = sum(p.numel() for p in model.parameters())
-    ids = model.space.ids
-    draws = np.random.default_rng(1).choice(ids, size=(len(data.y_train) + batch - 1) // batch)
-    base = _rss_kib()            # before any gradient or optimizer state exists
-    hwm_reset = _reset_peak()    # so that model building and LS initialisation do not count
-    step(data.x_train[:batch], data.y_train[:batch], int(draws[0]))          # warm-up, not timed
+    trained = trainable if mode == "snnet" else trained_param_count(model, trainer.groups)
+    frozen_total = sum(p.numel() for p in model.parameters())
+    base = _rss_kib()
+    hwm_reset = _reset_peak()
     t0 = time.perf_counter()
-    for b, sid in enumerate(draws):
-        sl = slice(b * batch, (b + 1) * batch)
-        step(data.x_train[sl], data.y_train[sl], int(sid))
-    epoch_s = time.perf_counter() - t0
+    k = 0
+    for epoch in range(epochs):
+        perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+        for b in range(steps):
+            idx = perm[b * batch:(b + 1) * batch]
+            step(data.x_train[idx], data.y_train[idx], k)
+            k += 1
+    train_s = time.perf_counter() - t0
     peak = _peak_kib() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "trainable_params": trainable, "total_params": total, "epoch_s": epoch_s,
-            "peak_rss_kib": peak, "rss_before_kib": base, "steps": len(draws),
-            "memory_method": "VmHWM after clear_refs" if hwm_reset else "ru_maxrss"}
+    acc = evaluate_stitches(model, data.x_val, data.y_val)
+    out = {"mode": mode, "trainable_params": trainable, "trained_params": trained, "total_params": frozen_total, "epochs": epochs,
+           "epoch_s": train_s / epochs, "peak_rss_kib": peak, "rss_before_kib": base, "steps": total,
+           "memory_method": "VmHWM after clear_refs" if hwm_reset else "ru_maxrss",
+           "lr": full_lr if mode == "snnet" else lr,
+           "accuracy": acc, "flops": {str(s.id): stitch_flops(model.spec.anchors, s) for s in model.space.stitches},
+           "routes": {str(s.id): model.route(s) for s in model.space.stitches}}
+    if mode != "snnet":
+        out["importance"] = trainer.sampler.importance()
+        out["draws"] = {str(s): int(c) for s, c in zip(trainer.sampler.ids, trainer.sampler.draws)}
+    else:
+        out["draws"] = {str(s): c for s, c in sorted(draws.items())}
+    return out
+
+
+# -- fronts -----------------------------------------------------------------------------------------
+def front(acc: dict[str, float], cost: dict[str, float]) -> list[str]:
+    """Stitches no other beats on cost (<=) and accuracy (>=), one strictly; cheapest first."""
+    ids = list(acc)
+    keep = [i for i in ids if not any(cost[j] <= cost[i] and acc[j] >= acc[i] and (cost[j] < cost[i] or acc[j] > acc[i])
+                                      for j in ids)]
+    return sorted(keep, key=lambda i: cost[i])
+
+
+def best_within(acc: dict[str, float], cost: dict[str, float], budget: float) -> float | None:
+    within = [acc[i] for i in acc if cost[i] <= budget]
+    return max(within) if within else None
+
+
+def compare_fronts(res: dict[str, dict]) -> dict:
+    flops = res["esta"]["flops"]
+    budgets = sorted(set(flops.values()))
+    table = {m: [best_within(r["accuracy"], flops, b) for b in budgets] for m, r in res.items()}
+    mean = {m: sum(v) / len(v) for m, v in table.items()}
+    vs = {m: sum(1 for a, d in zip(table[m], table["snnet"]) if a >= d) for m in res}
+    return {"budgets": budgets, "best": table, "mean_top1": mean, "at_least_snnet": vs,
+            "fronts": {m: front(r["accuracy"], flops) for m, r in res.items()}}
+
+
+def plot(res: dict[str, dict], cmp: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"esta": "tab:blue", "snnet": "tab:red", "esta-uniform": "tab:green"}
+    labels = {"esta": "ESTA (importance sampling)", "snnet": "SN-Net direct adaptation (full fine-tune)",
+              "esta-uniform": "ESTA, uniform sampling"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    flops = res["esta"]["flops"]
+    for m, r in res.items():
+        xs = [flops[i] / 1e6 for i in r["accuracy"]]
+        ax.scatter(xs, [100 * a for a in r["accuracy"].values()], s=12, alpha=0.35, color=colors[m])
+        ax.step([b / 1e6 for b in cmp["budgets"]], [100 * a for a in cmp["best"][m]], where="post", color=colors[m],
+                label=f"{labels[m]}: mean {100 * cmp['mean_top1'][m]:.1f}%")
+    ax.set_xlabel("MFLOPs per image (fvcore convention)")
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- importance vs the deployed front (item 4) ------------------------------------------------------
+def importance_check(select_json: Path, supernet: Path) -> dict:
+    from esta_export.supernet.formats import load_supernet
+
+    sel = json.loads(Path(select_json).read_text())
+    spec = load_supernet(supernet).spec
+    imp = {int(k): float(v) for k, v in ((spec.training or {}).get("importance") or {}).items()}
+    if not imp:
+        raise SystemExit(f"{supernet} records no importance (train it with esta-export train)")
+    on_front = [int(i) for i in sel["front"]]
+    ids = [int(t["id"]) for t in sel["stitches"] if t.get("latency") is not None and t.get("accuracy") is not None]
+    k = len(on_front)
+    ranked = sorted(ids, key=lambda i: -imp.get(i, 0.0))
+    top = ranked[:k]
+    hit = sorted(set(top) & set(on_front))
+    from scipy.stats import hypergeom
+    p = float(hypergeom.sf(len(hit) - 1, len(ids), k, k)) if hit else 1.0
+    return {"stitches": len(ids), "front": sorted(on_front), "top_important": sorted(top), "overlap": hit,
+            "overlap_share": len(hit) / k if k else 0.0, "chance_share": k / len(ids) if ids else 0.0,
+            "p_value_at_least_this_overlap": p,
+            "front_importance_rank": {i: ranked.index(i) + 1 for i in on_front if i in ranked}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", default="64,128,256")
-    p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--pretrain-epochs", type=int, default=25)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="ESTA learning rate")
+    p.add_argument("--full-lr", type=float, default=1e-4,
+                   help="full fine-tuning learning rate (lower, as SN-Net fine-tunes pretrained anchors)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--mode", choices=("esta", "full"), help=argparse.SUPPRESS)
+    p.add_argument("--anchors", default=None, help="folder to keep the pretrained anchors in (reused when present)")
+    p.add_argument("--plot", default=str(ROOT / "docs" / "train_fronts.png"))
+    p.add_argument("--json", default=None, help="write every number of the run here")
+    p.add_argument("--importance", metavar="SELECT_JSON", help="check importance vs this measured front")
+    p.add_argument("--supernet", help="the supernet the selection was made from (with --importance)")
+    p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--anchor-files", help=argparse.SUPPRESS)
     a = p.parse_args()
-    widths = [int(w) for w in a.widths.split(",")]
-    if a.mode:
-        print(json.dumps(run_mode(a.mode, widths, a.depth, a.images, a.batch, a.threads)))
+    if a.importance:
+        r = importance_check(Path(a.importance), Path(a.supernet))
+        print(json.dumps(r, indent=1))
+        print(f"importance vs measured front: {len(r['overlap'])} of the {len(r['front'])} front stitches are among "
+              f"the {len(r['front'])} ESTA ranks most important (share {r['overlap_share']:.2f}; chance "
+              f"{r['chance_share']:.2f}; P(overlap >= this | random ranking) = {r['p_value_at_least_this_overlap']:.3f})")
         return 0
+    if a.mode:
+        print(json.dumps(run_mode(a.mode, a.anchor_files.split(","), a.epochs, a.batch, a.lr, a.full_lr, a.seed,
+                                  a.threads)))
+        return 0
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    tmp = None if a.anchors else tempfile.TemporaryDirectory(prefix="bench-train-")
+    t0 = time.perf_counter()
+    anchors = pretrain_anchors(Path(a.anchors or tmp.name), a.pretrain_epochs, a.seed, quiet=False)
+    print(f"anchors ready [{time.perf_counter() - t0:.0f} s]", flush=True)
     res = {}
-    for mode in ("esta", "full"):
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--widths", a.widths, "--depth", str(a.depth),
-                              "--images", str(a.images), "--batch", str(a.batch), "--threads", str(a.threads)],
-                             check=True, capture_output=True, text=True)
-        res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    e, f = res["esta"], res["full"]
-    print(f"supernet: widths {widths}, depth {a.depth}, {e['total_params']:,} parameters (ESTA file) / "
-          f"{f['total_params']:,} (plain); one epoch = {e['steps']} steps of {a.batch} images, {a.threads} thread(s)")
-    print(f"{'':<24}{'ESTA':>14}{'full fine-tune':>16}{'ESTA / full':>13}")
-    print(f"{'trainable parameters':<24}{e['trainable_params']:>14,}{f['trainable_params']:>16,}"
-          f"{e['trainable_params'] / f['trainable_params']:>13.3f}")
-    de, df = e["peak_rss_kib"] - e["rss_before_kib"], f["peak_rss_kib"] - f["rss_before_kib"]
-    print(f"{'training memory (MiB)':<24}{de / 1024:>14.1f}{df / 1024:>16.1f}{de / max(df, 1):>13.3f}")
-    print(f"{'peak RSS (MiB)':<24}{e['peak_rss_kib'] / 1024:>14.1f}{f['peak_rss_kib'] / 1024:>16.1f}"
-          f"{e['peak_rss_kib'] / f['peak_rss_kib']:>13.3f}")
-    print(f"{'wall time / epoch (s)':<24}{e['epoch_s']:>14.2f}{f['epoch_s']:>16.2f}{e['epoch_s'] / f['epoch_s']:>13.3f}")
-    print(f"memory: peak RSS during training ({e['memory_method']}) minus RSS after building the model; "
-          "one fresh process per mode; peak RSS includes the torch runtime (~0.4 GiB)")
+    for mode in MODES:
+        proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--anchor-files", ",".join(map(str, anchors)),
+                               "--epochs", str(a.epochs), "--batch", str(a.batch), "--lr", str(a.lr),
+                               "--full-lr", str(a.full_lr), "--seed", str(a.seed), "--threads", str(a.threads)],
+                              check=True, capture_output=True, text=True)
+        res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {mode}: {res[mode]['epoch_s']:.1f} s/epoch [{time.perf_counter() - t0:.0f} s]", flush=True)
+    cmp = compare_fronts(res)
+    e, f, u = res["esta"], res["snnet"], res["esta-uniform"]
+    print(f"\nfamily: widths {list(WIDTHS)}, depth {DEPTH}, {len(e['accuracy'])} stitches (SN-Net v1); digits "
+          f"{VAL_SPLIT:.0%} held out; {a.epochs} epochs of batch {a.batch}, seed {a.seed}, {a.threads} thread(s); "
+          f"lr ESTA {a.lr:g}, full fine-tune {a.full_lr:g}")
+    print(f"{'':<26}{'ESTA':>12}{'SN-Net full':>13}{'ESTA uniform':>14}{'ESTA/full':>11}")
+    row = lambda name, fn, fmt: print(f"{name:<26}" + "".join(f"{fmt(fn(r)):>{w}}" for r, w in ((e, 12), (f, 13), (u, 14)))
+                                      + f"{fn(e) / max(fn(f), 1e-12):>11.3f}")
+    row("trained parameters", lambda r: r["trained_params"], lambda v: f"{v:,}")
+    row("  (tensors set trainable)", lambda r: r["trainable_params"], lambda v: f"{v:,}")
+    row("training memory (MiB)", lambda r: (r["peak_rss_kib"] - r["rss_before_kib"]) / 1024, lambda v: f"{v:.1f}")
+    row("wall time / epoch (s)", lambda r: r["epoch_s"], lambda v: f"{v:.2f}")
+    row("mean top-1 over budgets", lambda r: cmp["mean_top1"][r["mode"]], lambda v: f"{100 * v:.2f}%")
+    row("best stitch top-1", lambda r: max(r["accuracy"].values()), lambda v: f"{100 * v:.2f}%")
+    row("worst stitch top-1", lambda r: min(r["accuracy"].values()), lambda v: f"{100 * v:.2f}%")
+    nb = len(cmp["budgets"])
+    print(f"budgets where the front is at least as accurate as SN-Net direct adaptation: ESTA "
+          f"{cmp['at_least_snnet']['esta']}/{nb}, ESTA uniform {cmp['at_least_snnet']['esta-uniform']}/{nb}")
+    print("per-stitch held-out top-1 (%):")
+    print(f"{'id':>4} {'route':<16}{'MFLOPs':>8}{'ESTA':>8}{'SN-Net':>8}{'uniform':>8}{'importance':>11}")
+    for sid in sorted(e["accuracy"], key=int):
+        print(f"{sid:>4} {e['routes'][sid]:<16}{e['flops'][sid] / 1e6:>8.2f}{100 * e['accuracy'][sid]:>8.1f}"
+              f"{100 * f['accuracy'][sid]:>8.1f}{100 * u['accuracy'][sid]:>8.1f}{e['importance'][sid]:>11.3f}")
+    # Importance vs the accuracy-vs-FLOPs front of the same run (the measured-latency check is --importance).
+    fr = cmp["fronts"]["esta"]
+    top = sorted(e["importance"], key=lambda i: -e["importance"][i])[:len(fr)]
+    print(f"ESTA FLOPs front {fr}; its {len(fr)} most important stitches {sorted(top, key=int)}; overlap "
+          f"{len(set(fr) & set(top))}/{len(fr)} (chance {len(fr) / len(e['accuracy']):.2f})")
+    print(f"memory: peak RSS during training ({e['memory_method']}) minus RSS after building the model; one fresh "
+          f"process per mode. load average now {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    if a.plot:
+        plot(res, cmp, Path(a.plot), f"digits, {len(e['accuracy'])} stitches, {a.epochs} epochs, seed {a.seed}: "
+                                     f"best held-out top-1 within each FLOPs budget")
+        print(f"plot: {a.plot}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": res, "compare": cmp, "load_start": load}, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
     return 0
 
 

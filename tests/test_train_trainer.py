@@ -156,3 +156,24 @@ def test_cli_trains_an_npz_and_reports_bad_input_in_one_line(tmp_path, capsys):
                      "--lora-targets", "attn.q", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not found" in err[0] and "LoRA target" in err[1]
+
+
+def test_trained_parameter_count_counts_only_rows_that_get_gradients(esta_supernet):
+    """A stitch's table rows of blocks it skips never receive a gradient: the count leaves them out,
+    and it equals the entries a full pass over every stitch actually touches."""
+    from esta_export.train.adapt import trained_param_count, trainable_groups
+    model = esta_supernet
+    groups = trainable_groups(model)
+    touched = {id(p): torch.zeros_like(p, dtype=torch.bool) for p in groups.all}
+    x = torch.randn(2, 3, 32, 32)
+    for sid in model.space.ids:
+        model.zero_grad(set_to_none=True)
+        model(x, sid).sum().backward()
+        for p in groups.all:
+            if p.grad is not None:
+                touched[id(p)] |= p.grad != 0
+    # Shared tensors count whole; for tables, only rows (stitch, layer) that got a gradient.
+    tables = {id(t) for t in groups.tables}
+    expected = sum(p.numel() for p in groups.all if id(p) not in tables) + \
+        sum(int(touched[id(t)].any(dim=1).sum()) * t.shape[1] for t in groups.tables)
+    assert trained_param_count(model, groups) == expected < sum(p.numel() for p in groups.all)

@@ -136,3 +136,26 @@ def full_finetune_params(model: Supernet) -> list[torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(True)
     return list(model.parameters())
+
+
+def trained_param_count(model: Supernet, groups: TrainableGroups) -> int:
+    """Parameters that receive gradients in ESTA training: every shared tensor, plus, in the per-stitch
+    bias tables, only the rows of layers the stitch runs (a row of a block the stitch skips never gets a
+    gradient and stays equal to the shared bias)."""
+    tables = {id(t) for t in groups.tables}
+    shared = sum(p.numel() for p in groups.all if id(p) not in tables)
+    used = 0
+    for s in model.space.stitches:
+        for seg in s.segments:
+            for b in range(seg.first, seg.last + 1):
+                blk = model.anchors[seg.anchor].blocks[b]
+                for name in ANCHOR_LINEARS:
+                    lin: AdaptedLinear = blk.get_submodule(name)
+                    if lin.stitch_bias is not None and id(lin.stitch_bias) in tables:
+                        used += lin.out_features
+        for key in s.layers:
+            lin = model.stitch_layer(key)
+            if lin.stitch_bias is not None and id(lin.stitch_bias) in tables:
+                used += lin.out_features
+    return shared + used
+
