@@ -203,19 +203,22 @@ def _refuse_constant(name: str):
     raise _NonFinite(name)
 
 
-def is_system_dir(path: str | os.PathLike) -> bool:
+def is_system_dir(path: str | os.PathLike, *, for_file: bool = False) -> bool:
+    """A folder no stage may fill: "/", system trees, and (for a stage's folder, not one file
+    written into it) the bare home, /tmp, /var, /opt, ... themselves."""
     p = os.path.realpath(os.path.abspath(path))
     home = os.path.realpath(os.path.expanduser("~"))
-    if p in _SYSTEM_EXACT or p == home:
+    if p == "/" or (not for_file and (p in _SYSTEM_EXACT or p == home)):
         return True
     return any(p == r or p.startswith(r + "/") for r in _SYSTEM_ROOTS)
 
 
-def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse an output folder that is empty, the file-system root, a system folder or a home."""
+def check_out_dir(path: str | os.PathLike, flag: str = "--out", *, for_file: bool = False) -> Path:
+    """Refuse an output folder that is empty, the file-system root, a system folder or a home
+    (``for_file``: the folder one output file goes into; only "/" and system trees are refused)."""
     if not str(path).strip():
         raise InputError("the output folder is an empty path", hint=f"give {flag} a folder name")
-    if is_system_dir(path):
+    if is_system_dir(path, for_file=for_file):
         raise InputError(f"refusing to write into {os.path.realpath(os.path.abspath(path))}: a system folder "
                          f"cannot be an output folder", hint=f"give {flag} a folder of its own, e.g. {flag} out/run1")
     return Path(path)

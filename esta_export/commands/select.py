@@ -36,6 +36,9 @@ class SelectCommand:
         from ..errors import InputError
         from ..select import select_compiled
 
+        if args.out:
+            from ..fsutil import check_out_dir
+            check_out_dir(Path(args.out).parent, for_file=True)
         if args.out and Path(args.out).is_dir():
             raise InputError(f"--out {args.out} is a folder; the selection is one file",
                              hint="give a file path such as OUT/select/TARGET.json")

@@ -64,6 +64,9 @@ def load_data(path: str | Path, image_size: int, *, in_chans: int = 3, val_split
         x, y, labels = _read_image_folder(path, in_chans)
         source = "image-folder"
     elif path.suffix == ".npz":
+        from ..fsutil import check_input_file
+        check_input_file(path, "training data", error=TrainingError,
+                         hint="give an image folder (one sub-folder per class) or an .npz with x and y")
         x, y, labels = _read_npz(path)
         source = "npz"
     else:
