@@ -276,6 +276,8 @@ def main() -> int:
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs", flush=True)
     tmp = None if a.anchors else tempfile.TemporaryDirectory(prefix="bench-train-")
+    import torch
+    torch.set_num_threads(a.threads)     # two threads on two busy cores spin more than they compute
     t0 = time.perf_counter()
     anchors = pretrain_anchors(Path(a.anchors or tmp.name), a.pretrain_epochs, a.seed, quiet=False)
     print(f"anchors ready [{time.perf_counter() - t0:.0f} s]", flush=True)
