@@ -281,4 +281,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from esta_export.runtime import BundleError
+
+    try:
+        sys.exit(main())
+    except BundleError as err:
+        print(f"bench_governor: error: {err}", file=sys.stderr)
+        sys.exit(2)
