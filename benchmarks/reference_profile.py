@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--val-data", type=Path, default=None, help="default: the .npz in examples/demo")
     ap.add_argument("--name", default=None, help="profiles/<name>.jsonl (default: cpu-<cpu>-<n>core-<family>)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--stitches", default=None, help="a subset (e.g. 0,5,10-12); default all")
     args = ap.parse_args()
     demo = ROOT / "examples" / "demo"
     supernet = args.supernet or next(demo.glob("*.safetensors"))
@@ -38,6 +39,8 @@ def main() -> int:
     cmd = [sys.executable, "-m", "esta_export", str(supernet), "--target", "cpu", "--out", str(work), "--fresh"]
     if val is not None:
         cmd += ["--val-data", str(val)]
+    if args.stitches:
+        cmd += ["--stitches", args.stitches]
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
         return proc.returncode
