@@ -122,3 +122,21 @@ def test_refusals(export, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "export folder not found" in err and "unknown target" in err
     assert not (tmp_path / "x" / "compile.json").exists()
+
+
+def test_reference_and_runner_outputs_do_not_pin_the_session_arena(export):
+    """ONNX Runtime returns outputs as views on its own buffers (base: a PyCapsule); compile keeps
+    every stitch's reference, and the demo's compile grew past 20 GB holding 35 arenas. The
+    reference and the backend runner hand out arrays that own their data."""
+    from esta_export.backends import get_backend
+    from esta_export.compile import reference_logits
+    from esta_export.targets import load_target
+
+    onnx_path = next(export.glob("stitches/*.onnx"))
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    ref = reference_logits(onnx_path, x)
+    assert ref.flags.owndata and ref.base is None
+    runner = get_backend("onnxruntime").load(onnx_path, load_target("cpu"))
+    out = runner.infer(x)
+    runner.close()
+    assert out.flags.owndata and out.base is None

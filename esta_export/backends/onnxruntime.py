@@ -227,7 +227,7 @@ class OrtRunner(Runner):
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output], {self.input: np.ascontiguousarray(x, np.float32)})[0]
-        return np.asarray(out, dtype=np.float32)
+        return np.array(out, dtype=np.float32, copy=True)  # never a view that pins the arena
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

@@ -370,7 +370,9 @@ class Bundle:
         x = self._check_batch(batch)
         name = self.input_spec.get("name", "pixels")
         try:
-            return session.run(None, {name: x})[0]
+            # A copy: ONNX Runtime's output can pin the session's activation arena for as long
+            # as the caller keeps the array (a stream of kept logits would grow without bound).
+            return np.array(session.run(None, {name: x})[0], copy=True)
         except BundleError:
             raise
         except Exception as err:  # the runtime's own exception types differ per version
