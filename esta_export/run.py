@@ -45,6 +45,12 @@ class RunConfig:
     archive: bool = False
     fresh: bool = False
     ray: str | None = None  # profile on a Ray fleet (profiling/fleet.py) instead of this machine
+    # --device: validate and profile on a device over SSH (device_loop.py)
+    device: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    device_python: str | None = None
+    device_dir: str | None = None
 
     def resolved_out(self) -> Path:
         if self.out:
@@ -66,10 +72,21 @@ class RunConfig:
             cfg = cls(**data)
             cfg.check(f"run configuration {path}")
             return cfg
-        if not getattr(args, "supernet", None):
-            raise InputError("no supernet given", hint="run 'esta-export SUPERNET --target T'")
-        cfg = cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-        cfg.check("the command line")
+        # Given on the command line wins over esta.toml; None, or False for an off-by-default
+        # flag, is "not given" (--no-tune's False is given: its default is None).
+        given = {f.name: getattr(args, f.name) for f in fields(cls)
+                 if getattr(args, f.name, None) is not None
+                 and not (getattr(args, f.name) is False and f.default is False)}
+        from .project import find_project, load_project
+
+        project = find_project()
+        values = load_project(project).values(given.get("target")) if project else {}
+        values.update(given)
+        if not values.get("supernet"):
+            raise InputError("no supernet given", hint="run 'esta-export SUPERNET --target T', or write an "
+                             "esta.toml naming it ('esta-export init') and run 'esta-export --target T' there")
+        cfg = cls(**values)
+        cfg.check(f"the command line and {project}" if project else "the command line")
         return cfg
 
     def check(self, where: str) -> None:
@@ -103,6 +120,12 @@ class RunConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def device_spec(self):
+        from .device_loop import DeviceSpec
+
+        return DeviceSpec(self.device, identity=self.identity, known_hosts=self.known_hosts,
+                          python=self.device_python or "python3", dir=self.device_dir)
 
 
 _INT_RANGE = (0, 1 << 31)
@@ -158,6 +181,8 @@ def execute(cfg: RunConfig, quiet: bool = False) -> int:
                                "--val-data": cfg.val_data,
                                "the target file": target.source if not _builtin(target) else None},
                     writes=_job_writes)
+    if cfg.device:
+        _check_device_options(cfg)
     loaded = load_supernet(cfg.supernet, parse_num_heads(cfg.num_heads))
     out = prepare_out_dir(out_path)
     with output_lock(out):
@@ -204,7 +229,13 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     if not comp["artifacts"]:
         raise InputError(f"no stitch compiled and validated for {target.name}", hint="see the reasons above")
 
-    if comp.get("device_build_required"):
+    device = None
+    if cfg.device:  # validate and profile on the device (and build its engines there)
+        from .device_loop import run_on_device
+
+        device = run_on_device(out, target, compiled_dir, cfg.device_spec(), runs=cfg.runs, seconds=cfg.seconds,
+                               note=lambda m: info(m, quiet))
+    elif comp.get("device_build_required"):
         bundle = _bundle(out, target.name, cfg, quiet)
         info(f"engines NOT built: {target.name} needs TensorRT on its device. Copy {compiled_dir} to the device "
              f"and follow {compiled_dir / 'README_DEVICE.md'} to build engines there, then profile there "
@@ -217,7 +248,9 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     # session settings tuned on this machine first for CPU targets (profiling/tune.py).
     from .profiling.compiled import profile_in_clean_process
     store = job.profile_store(target.name)
-    if cfg.ray:
+    if device is not None:
+        pass  # measured on the device above (device_loop.py)
+    elif cfg.ray:
         from .profiling.fleet import profile_fleet
         fleet = profile_fleet(compiled_dir, target, store, cfg.ray, fresh=cfg.fresh, min_runs=cfg.runs,
                               min_seconds=cfg.seconds, progress=None if quiet else (lambda m: info(f"  {m}")))
@@ -243,7 +276,8 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     sel_path = job.selection(target.name)
     sel = select_compiled(compiled_dir, target, store, latency_budget_ms=cfg.latency_budget_ms,
                           max_stitches=cfg.max_stitches, min_accuracy=cfg.min_accuracy,
-                          val_data=cfg.val_data, out_path=sel_path)
+                          val_data=cfg.val_data, out_path=sel_path,
+                          exclude=device.failed if device else None)
     info(f"select: front {sel.get('front')} -> selected {sel.get('selected')} (accuracy: {sel.get('accuracy_source')}; "
          f"Kendall tau FLOPs vs latency {_fmt(sel.get('kendall_tau'))})", quiet)
 
@@ -253,17 +287,35 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
     info(f"report: {paths['report.html']}", quiet)
 
     # 6. bundle
-    bundle = _bundle(out, target.name, cfg, quiet)
+    bundle = _bundle(out, target.name, cfg, quiet, device_engines=device.engines if device else None)
     info(f"done in {time.perf_counter() - t0:.0f} s: bundle {bundle}; report {paths['report.html']}"
          + ("" if target.verified_on_hardware else f"; target {target.name} not verified on hardware"), quiet)
     return 0
 
 
-def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool) -> Path:
+def _bundle(out: Path, target: str, cfg: RunConfig, quiet: bool, device_engines: Path | None = None) -> Path:
     from .bundle.writer import write_bundle
-    path = write_bundle(out, target, Layout(out).bundle_dir(target), archive=cfg.archive)
+    path = write_bundle(out, target, Layout(out).bundle_dir(target), archive=cfg.archive,
+                        device_engines=device_engines)
     info(f"bundle: {path}", quiet)
     return path
+
+
+def _check_device_options(cfg: RunConfig) -> None:
+    """--device and its files, before any work (a typo must not cost an export)."""
+    from .bundle.remote import parse_remote
+
+    if getattr(cfg, "ray", None):
+        raise InputError("--device and --ray both given", hint="profile on one device (--device) or on a Ray fleet (--ray)")
+    parse_remote(cfg.device)
+    if cfg.identity is not None and not Path(cfg.identity).expanduser().is_file():
+        raise InputError(f"--identity file not found: {cfg.identity}",
+                         hint="give an existing private key, or leave it out to use the ssh client's configuration")
+    # --known-hosts may not exist yet: new hosts are added to it on first use (accept-new).
+    if cfg.known_hosts is not None and not Path(cfg.known_hosts).expanduser().parent.is_dir():
+        raise InputError(f"--known-hosts: folder of {cfg.known_hosts} not found", hint="give a file in an existing folder")
+    if cfg.device_python is not None and not cfg.device_python.strip():
+        raise InputError("--device-python is empty", hint="e.g. --device-python /usr/bin/python3")
 
 
 def _fmt(v) -> str:

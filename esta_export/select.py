@@ -51,14 +51,16 @@ def select_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pat
                     *, latency_budget_ms: float | None = None, max_stitches: int | None = None,
                     min_accuracy: float | None = None, memory: bool = False,
                     val_data: str | Path | None = None, out_path: str | Path | None = None,
-                    batch: int | None = None, accuracy_store: str | Path | None = None
+                    batch: int | None = None, accuracy_store: str | Path | None = None,
+                    exclude: dict[int, str] | None = None
                     ) -> dict[str, Any]:
     """Build the selection for ``compiled_dir`` and write it (atomically) to ``out_path``.
 
     A reader of the earlier stages' files: measured latencies from the profile store, predicted
     ones from the predictor profile fitted (``stages.read_predictions``), accuracy from the
     accuracy records (``--val-data`` is evaluated once per artifact and data file, then reused)
-    or the supernet's records. Steps: inputs -> latencies -> accuracies -> front -> document.
+    or the supernet's records. ``exclude``: stitch id -> reason, left out (e.g. failed
+    validation on the device). Steps: inputs -> latencies -> accuracies -> front -> document.
     """
     from .targets import load_target
 
@@ -67,6 +69,9 @@ def select_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pat
         raise InputError("--max-stitches must be at least 1", hint="or leave it out")
     compiled_dir = Path(compiled_dir)
     comp, export, rows, warnings = _inputs(compiled_dir, target)
+    for sid, reason in sorted((exclude or {}).items()):
+        warnings.append(f"stitch {sid} dropped: {reason}")
+    rows = [r for r in rows if r["id"] not in (exclude or {})]
     batch = batch or (getattr(getattr(target, "shapes", None), "batch_sizes", (1,)) or (1,))[0]
     store = Path(store_path) if store_path else stages.default_store_path(compiled_dir, target.name)
     table, measured, predictor = _latencies(compiled_dir, target, rows, store, batch, warnings)
@@ -107,6 +112,9 @@ def _inputs(compiled_dir: Path, target: Any
     comp, export, _ = stages.read_compiled(compiled_dir)
     rows = stages.stitch_table(comp, export)
     warnings: list[str] = []
+    for sid, reason in sorted((exclude or {}).items()):
+        warnings.append(f"stitch {sid} dropped: {reason}")
+    rows = [r for r in rows if r["id"] not in (exclude or {})]
     if not comp.get("verified_on_hardware", getattr(target, "verified_on_hardware", False)):
         warnings.append(f"target {target.name} is not verified on hardware: its artifacts were "
                         "built from documentation, treat the numbers with care")

@@ -53,7 +53,8 @@ class Layout:
 
     root: Path
     #: what the main job writes directly under OUT (nothing else there is ours)
-    ENTRIES = ("run.json", "export", "compiled", "profiles", "accuracy", "select", "report", "bundle")
+    ENTRIES = ("run.json", "export", "compiled", "profiles", "accuracy", "select", "report", "bundle",
+               "device")
 
     def __init__(self, root: str | os.PathLike) -> None:
         object.__setattr__(self, "root", Path(root))
@@ -81,6 +82,10 @@ class Layout:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    def device_dir(self, target: str) -> Path:
+        """What the device loop stages for, and brings back from, the device of ``target``."""
+        return self.root / "device" / target
 
     def bundle_dir(self, target: str) -> Path:
         return self.root / "bundle" / target

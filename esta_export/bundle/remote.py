@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -191,3 +192,147 @@ def _store(path: str | Path, records: list[dict]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec) + "\n")
+
+
+# -- the device loop's connection (esta-export SUPERNET --target T --device USER@HOST[:PORT]) ---------
+
+_HASH_TREE = r"""
+import hashlib, json, os, sys
+root, out = sys.argv[1], {}
+for dp, dn, fn in os.walk(root):
+    dn[:] = [d for d in dn if not d.startswith(".")]
+    for f in fn:
+        p = os.path.join(dp, f)
+        if not os.path.isfile(p) or os.path.islink(p):
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for b in iter(lambda: fh.read(1 << 20), b""):
+                h.update(b)
+        out[os.path.relpath(p, root).replace(os.sep, "/")] = h.hexdigest()
+print(json.dumps(out))
+"""
+
+
+class Device:
+    """One device reached with the system ``ssh``; every failure names the device and the step.
+
+    Connections are multiplexed (one TCP + SSH handshake for the whole loop, OpenSSH's
+    ControlMaster) when the client supports it; :meth:`close` ends the master.
+    """
+
+    def __init__(self, address: str, *, identity=None, known_hosts=None, python: str = "python3",
+                 strict_host_keys: bool = False, connect_timeout: int = 10, multiplex: bool = True) -> None:
+        self.address = address
+        self.user, self.host, port = parse_remote(address)
+        self.port = port or 22
+        self.python = python
+        self._base = _ssh_base(self.host, self.user, self.port, identity, known_hosts, connect_timeout,
+                               strict_host_keys)
+        self._control_dir = None
+        if multiplex:
+            self._control_dir = tempfile.mkdtemp(prefix="esta-ssh-")  # short: socket paths are capped
+            self._base[1:1] = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_dir}/%C",
+                               "-o", "ControlPersist=120"]
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def fail(self, step: str, what: str, fix: str) -> RemoteError:
+        return RemoteError(f"device {self.address}, step {step}: {what}", hint=f"fix: {fix}")
+
+    def run(self, cmd: str, step: str, *, stdin=None, timeout: float = 3600.0,
+            fix: str = "check the device") -> bytes:
+        """Run ``cmd`` (a shell command line) on the device; its standard output, or RemoteError.
+
+        ``stdin``: an open binary file streamed to the command (None: nothing)."""
+        try:
+            proc = subprocess.run(self._base + [cmd], stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise self.fail(step, f"did not finish within {timeout:.0f} s",
+                            "re-run the same command to resume, or check the device") from None
+        if proc.returncode == 255:
+            raise self.fail(step, f"connection lost or refused ({_last_line(proc.stderr)})",
+                            f"check host, port and key ('ssh -p {self.port} {self._base[-1]} true' must work), "
+                            "then re-run the same command: finished steps are kept")
+        if proc.returncode != 0:
+            msg = _last_line(proc.stderr)
+            if proc.returncode == 127 or "No such file or directory" in msg and self.python in msg:
+                raise self.fail(step, f"{self.python} not found on the device ({msg})",
+                                "install Python 3 there or pass --device-python PATH")
+            raise self.fail(step, f"exit {proc.returncode}: {msg}", fix)
+        return proc.stdout
+
+    def read(self, path: str, step: str) -> bytes | None:
+        """The bytes of a file on the device, or None when it does not exist."""
+        q = shlex.quote(path)
+        out = self.run(f"if [ -f {q} ]; then echo y; cat {q}; else echo n; fi", step)
+        return out[2:] if out[:2] == b"y\n" else None
+
+    def hashes(self, remote_dir: str, step: str = "sync") -> dict[str, str]:
+        """sha256 of every file under ``remote_dir`` on the device ({} when it does not exist)."""
+        q = shlex.quote(remote_dir)
+        out = self.run(f"mkdir -p {q} && {shlex.quote(self.python)} -c {shlex.quote(_HASH_TREE)} {q}", step,
+                       fix=f"the device needs a writable {remote_dir} and a working {self.python}")
+        try:
+            return json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise self.fail(step, "could not list the files it holds",
+                            f"check that {self.python} runs there") from None
+
+    def push(self, local_dir: Path, remote_dir: str, files: list[str], step: str = "sync",
+             timeout: float = 3600.0) -> None:
+        """Copy ``files`` (relative to ``local_dir``) into ``remote_dir`` as one tar stream."""
+        if not files:
+            return
+        q = shlex.quote(remote_dir)
+        with tempfile.TemporaryFile() as buf:
+            with tarfile.open(fileobj=buf, mode="w|gz") as tar:
+                for rel in files:
+                    tar.add(str(local_dir / rel), arcname=rel, recursive=False)
+            buf.seek(0)
+            self.run(f"mkdir -p {q} && tar -xzf - -C {q}", step, stdin=buf, timeout=timeout,
+                     fix="check free space on the device and that tar exists there")
+
+    def pull(self, remote_dir: str, names: list[str], local_dir: Path, step: str) -> list[str]:
+        """Copy ``names`` (files or folders under ``remote_dir``, the missing ones skipped) here."""
+        q = shlex.quote(remote_dir)
+        quoted = " ".join(shlex.quote(n) for n in names)
+        data = self.run(f"cd {q} && for f in {quoted}; do [ -e \"$f\" ] && echo \"$f\"; done | "
+                        f"tar -czf - -T - 2>/dev/null || true", step)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        got = []
+        if not data:
+            return got
+        import io
+
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for m in tar.getmembers():
+                # only plain files and folders, inside local_dir: a hostile device writes nowhere else
+                dest = (local_dir / m.name).resolve()
+                if not (m.isfile() or m.isdir()) or not str(dest).startswith(str(local_dir.resolve()) + "/"):
+                    continue
+                if m.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                tmp = dest.with_name(f".{dest.name}.part")
+                with open(tmp, "wb") as f:
+                    shutil.copyfileobj(src, f)
+                os.replace(tmp, dest)
+                got.append(m.name)
+        return got
+
+    def close(self) -> None:
+        if self._control_dir is None:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(self._base[:-1] + ["-O", "exit", self._base[-1]], capture_output=True, timeout=10)
+        shutil.rmtree(self._control_dir, ignore_errors=True)
+        self._control_dir = None
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -86,10 +86,12 @@ def _session(compiled: dict, profiles: dict[str, dict], shas: list[str]) -> dict
 def write_bundle(job_dir: str | Path | None, target: str, bundle_dir: str | Path, *,
                  archive: bool = False, export_dir: str | Path | None = None,
                  compiled_dir: str | Path | None = None, selection: str | Path | None = None,
-                 check_outputs: bool = True) -> Path:
+                 check_outputs: bool = True, device_engines: str | Path | None = None) -> Path:
     """Write the bundle of ``target`` to ``bundle_dir`` (or ``<bundle_dir>.tar.gz`` with archive).
 
-    Returns the bundle folder, or the archive path when ``archive`` is true.
+    Returns the bundle folder, or the archive path when ``archive`` is true. ``device_engines``:
+    a folder holding ``engines/stitch_<id>.plan`` (+ ``.plan.json``) and ``validation.json`` that
+    the device loop brought back from the device's build; those engines ship as built.
     """
     export_dir, compiled_dir, selection, profiles_path = _inputs(job_dir, target, export_dir,
                                                                  compiled_dir, selection)
@@ -120,6 +122,8 @@ def write_bundle(job_dir: str | Path | None, target: str, bundle_dir: str | Path
     try:
         manifest = _write_contents(tmp, target, export, compiled, compiled_dir, select, selection,
                                    profiles, plan, check_outputs)
+        if device_engines is not None:
+            _add_device_engines(tmp, manifest, Path(device_engines))
         _make_readable(tmp)
         manifest["files"] = file_table(tmp)
         atomic_write_json(tmp / MANIFEST, manifest)  # last: its presence means the bundle is whole
@@ -413,6 +417,20 @@ def _copy_engine(root: Path, compiled_dir: Path, art: dict, sid: int) -> dict:
         shutil.copy2(meta, root / (engine["path"] + ".json"))
         engine["built"] = True
     return engine
+
+
+def _add_device_engines(root: Path, manifest: dict, src: Path) -> None:
+    """Engines built (and validated) on the device by the device loop: ship them as built."""
+    for entry in manifest["stitches"]:
+        eng = entry.get("engine")
+        if not eng or not (src / eng["path"]).is_file() or not (src / (eng["path"] + ".json")).is_file():
+            continue
+        (root / eng["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / eng["path"], root / eng["path"])
+        shutil.copy2(src / (eng["path"] + ".json"), root / (eng["path"] + ".json"))
+        eng["built"] = True
+    if (src / "validation.json").is_file():
+        shutil.copy2(src / "validation.json", root / "validation.json")
 
 
 def _copy_device_build(root: Path, compiled: dict, compiled_dir: Path, plan: dict) -> dict:

@@ -16,8 +16,8 @@ class Run:
     def add_arguments(p: argparse.ArgumentParser) -> None:
         add_supernet_args(p, positional=False)
         p.add_argument("supernet", metavar="SUPERNET", nargs="?",
-                       help="supernet file (.safetensors or SN-Net .pth); optional with --config")
-        p.add_argument("--target", default="cpu", help="deployment target name or .toml file (default: cpu)")
+                       help="supernet file (.safetensors or SN-Net .pth); optional with --config or an esta.toml here")
+        p.add_argument("--target", default="cpu", help="deployment target name or .toml file (default: esta.toml's, else cpu)")
         p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: out/<supernet name>-<target>)")
         add_export_args(p)
         g = p.add_argument_group("compile, profile, select, bundle")
@@ -43,9 +43,23 @@ class Run:
         g.add_argument("--archive", action="store_true", help="also write the bundle as one .tar.gz")
         g.add_argument("--ray", default=None, metavar="ADDRESS",
                        help="profile on the boards of a Ray cluster advertising esta-target:<T> (esta-export[fleet])")
+        d = p.add_argument_group("device (validate and profile on it over SSH)")
+        d.add_argument("--device", metavar="USER@HOST[:PORT]", default=None,
+                       help="export and compile here, then copy, (build engines,) validate and profile on this "
+                            "device over ssh; resumes where it stopped when run again")
+        d.add_argument("--identity", metavar="KEY", default=None,
+                       help="SSH private key (default: the ssh client's configuration)")
+        d.add_argument("--known-hosts", metavar="FILE", default=None,
+                       help="known_hosts file (default: the ssh client's; new hosts are trusted on first use)")
+        d.add_argument("--device-python", metavar="PATH", default=None,
+                       help="Python on the device, with numpy and the target's runtime (default: python3)")
+        d.add_argument("--device-dir", metavar="DIR", default=None,
+                       help="work folder on the device (default: esta-export/<target>-<supernet hash>)")
         add_quiet(p)
         p.add_argument("--dry-run", action="store_true", help="print the resolved run configuration and exit")
         p.add_argument("--config", default=None, help="replay a run configuration saved as JSON (from --dry-run)")
+        # Unset here means "not given": esta.toml (project.py), then RunConfig's defaults, fill it.
+        p.set_defaults(target=None, stitches=None, stability=None)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:

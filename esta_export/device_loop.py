@@ -1,0 +1,256 @@
+"""The device loop of the main job: ``esta-export SUPERNET --target T --device USER@HOST[:PORT]``.
+
+Export and compile run here; then, over the system ``ssh`` (bundle/remote.py):
+
+1. **stage**: every validated stitch as a bundle (the runtime the app uses, ``esta_runtime``), the
+   compile stage's reference inputs and fp32 logits, and the target's gates, in OUT/device/T/stage;
+2. **check**: the device's Python has numpy and the target's runtime;
+3. **sync**: copy the files the device does not already hold (compared by sha256);
+4. **build-engines** (TensorRT targets): the bundle's ``build_engines.py kit.json`` on the device;
+5. **validate**: every stitch run there on the reference inputs, gated as the target says;
+6. **profile**: the bundle's ``profile_device.py`` on the stitches that passed;
+7. **fetch**: the records go into OUT/profiles/T.jsonl (the store select reads), the verdicts to
+   OUT/device/T/validation.json, engines built there to OUT/device/T/engines.
+
+Each device step runs detached under ``esta_runtime.device_step`` and leaves its output on the
+device under a key made of what it ran on, so a dropped connection or a reboot loses only the
+step in flight: the same command resumes (a step still running is waited for, never started
+twice). The device needs Python, numpy and its runtime only (no torch, no esta-export).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InputError
+from .stages import Layout
+
+RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "onnxruntime"}
+INSTALL_HINT = {"onnxruntime": "pip install numpy onnxruntime", "openvino": "pip install numpy openvino",
+                "tensorrt": "JetPack's python3-libnvinfer + pip install numpy onnxruntime cuda-python"}
+
+
+@dataclass
+class DeviceSpec:
+    """Where and how to reach the device (command line, esta.toml ``[device]`` or run.json)."""
+    address: str
+    identity: str | None = None
+    known_hosts: str | None = None
+    python: str = "python3"
+    dir: str | None = None  # work folder on the device (default: esta-export/<supernet>-<target>)
+
+
+@dataclass
+class DeviceResult:
+    store: Path
+    measured: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    validation: Path | None = None
+    engines: Path | None = None
+    steps: dict[str, str] = field(default_factory=dict)  # step -> "done", "reused", "skipped"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _local_hashes(root: Path) -> dict[str, str]:
+    from .runtime.integrity import sha256_file
+
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") or part == "__pycache__"
+                                       for part in p.relative_to(root).parts)}
+
+
+def stage_device_files(out: Path, target, compiled_dir: Path) -> tuple[Path, dict]:
+    """OUT/device/T/stage: the bundle of every validated stitch + reference.npz + gates.json.
+
+    Rewritten only when the export or compile summary changed (the bundle's bytes follow from
+    them), so a resumed run compares the same files with the device."""
+    from .bundle.writer import _write_device_reference, write_bundle
+    from .fsutil import atomic_write_json, read_json
+
+    stage = Layout(out).device_dir(target.name) / "stage"
+    comp_bytes = (compiled_dir / "compile.json").read_bytes()
+    source_key = _sha(comp_bytes + (out / "export" / "export.json").read_bytes())[:16]
+    key_file = stage / ".source-key"
+    if not ((stage / "bundle" / "manifest.json").is_file() and key_file.is_file()
+            and key_file.read_text().strip() == source_key):
+        stage.mkdir(parents=True, exist_ok=True)
+        mpath = stage / "bundle" / "manifest.json"
+        before = mpath.read_bytes() if mpath.is_file() else None
+        write_bundle(None, target.name, stage / "bundle", export_dir=out / "export", compiled_dir=compiled_dir)
+        if before is not None and _sans_created(before) == _sans_created(mpath.read_bytes()):
+            mpath.write_bytes(before)  # same bundle: keep the bytes the device already holds
+        compiled = json.loads(comp_bytes)
+        ids = [int(s["id"]) for s in read_json(stage / "bundle" / "manifest.json", "bundle manifest")["stitches"]]
+        if _write_device_reference(stage, compiled, compiled_dir, ids) is None:
+            raise InputError(f"{compiled_dir} has no reference.npz to validate on the device",
+                             hint="re-run compile --fresh (it writes the reference inputs and fp32 logits)")
+        backend = compiled.get("backend")
+        atomic_write_json(stage / "gates.json", {
+            "precision": compiled.get("precision"),
+            "thresholds": (compiled.get("target_spec") or {}).get("validation"),
+            "engine": "tensorrt" if backend == "tensorrt" else "auto", "target": target.name})
+        key_file.write_text(source_key)
+    manifest = json.loads((stage / "bundle" / "manifest.json").read_text())
+    return stage, manifest
+
+
+def _sans_created(data: bytes) -> dict:
+    try:
+        m = json.loads(data)
+    except ValueError:
+        return {}
+    m.pop("created", None)
+    return m
+
+
+def default_remote_dir(manifest: dict, target_name: str) -> str:
+    sn = (manifest.get("supernet") or {}).get("sha256") or "supernet"
+    return f"esta-export/{target_name}-{str(sn)[:12]}"
+
+
+def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, runs: int | None = None,
+                  seconds: float | None = None, note: Callable[[str], None] = lambda m: None) -> DeviceResult:
+    """Stage, sync, (build,) validate and profile on the device; bring the results back."""
+    from .bundle.remote import Device, _with_env_hash
+    from .fsutil import atomic_write_json
+    from .profiling.store import ProfileStore
+
+    stage, manifest = stage_device_files(out, target, compiled_dir)
+    backend = (manifest.get("target") or {}).get("backend") or "onnxruntime"
+    local = _local_hashes(stage)
+    # What the steps below ran on: the bytes shipped (the manifest's own timestamp aside).
+    files_key = _sha(json.dumps({k: v for k, v in local.items() if k != "bundle/manifest.json"},
+                                sort_keys=True).encode() + json.dumps(manifest.get("files"), sort_keys=True).encode())[:16]
+    remote = spec.dir or default_remote_dir(manifest, target.name)
+    rq = shlex.quote(remote)
+    state_path = stage.parent / "state.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    if state.get("device") != spec.address or state.get("remote_dir") != remote:
+        state = {"device": spec.address, "remote_dir": remote}
+    store = Layout(out).profile_store(target.name)
+    result = DeviceResult(store=store)
+
+    def save_state() -> None:
+        atomic_write_json(state_path, state)
+
+    with Device(spec.address, identity=spec.identity, known_hosts=spec.known_hosts, python=spec.python) as dev:
+        py = shlex.quote(spec.python)
+
+        def step(name: str, key: str, cmd: list[str], fix: str) -> bytes:
+            line = (f"cd {rq}/bundle && {py} -m esta_runtime.device_step --dir ../.steps --step {name} "
+                    f"--key {key} -- {shlex.join(cmd)}")
+            return dev.run(line, name, fix=fix)
+
+        # check: numpy and the runtime import with the device's Python (the clearest first failure)
+        module = RUNTIME_MODULES.get(backend, backend)
+        probe = (f"import sys, numpy, {module}; print(sys.version.split()[0], numpy.__version__, "
+                 f"{module}.__version__)")
+        try:
+            versions = dev.run(f"{py} -c {shlex.quote(probe)}", "check",
+                               fix=f"install them for {spec.python} on the device: {INSTALL_HINT.get(backend, '')}")
+        except Exception as err:
+            if "ModuleNotFoundError" in str(err) or "No module named" in str(err):
+                from .errors import RemoteError
+
+                missing = str(err).split("No module named", 1)[-1].split(";")[0].strip(" '\"")
+                raise RemoteError(f"device {spec.address}, step check: {spec.python} has no module {missing!r}",
+                                  hint=f"fix: install it there ({INSTALL_HINT.get(backend, 'pip install ' + missing)}) "
+                                       f"or pass --device-python PATH") from None
+            raise
+        note(f"device {spec.address}: python, numpy, {module} {versions.decode(errors='replace').split()[-1:]}"
+             .replace("['", "").replace("']", ""))
+
+        # sync: send only what the device lacks
+        have = dev.hashes(remote)
+        send = [rel for rel, h in local.items() if have.get(rel) != h]
+        nbytes = sum((stage / rel).stat().st_size for rel in send)
+        dev.push(stage, remote, send)
+        result.steps["sync"] = "done" if send else "reused"
+        note(f"sync: {len(send)} files ({nbytes / 1e6:.2f} MB) sent to {spec.address}:{remote}, "
+             f"{len(local) - len(send)} already there" + (f" (sent: {', '.join(send)})" if 0 < len(send) <= 3 else ""))
+
+        # build-engines (TensorRT): on the device, then the plans and verdicts come back
+        if manifest["target"].get("device_build_required") or backend == "tensorrt":
+            step("build-engines", files_key, ["python3", "build_engines.py", "kit.json"],
+                 fix="the device needs TensorRT's Python bindings and cuda-python (JetPack: apt install "
+                     "python3-libnvinfer; pip install cuda-python); see README_DEVICE.md in the bundle. "
+                     "Not verified on hardware")
+            result.engines = stage.parent / "engines"
+            got = dev.pull(f"{remote}/bundle", ["engines", "validation.json"], result.engines, "fetch")
+            result.steps["build-engines"] = "done"
+            note(f"build-engines: {len([g for g in got if g.endswith('.plan')])} engines built on the device "
+                 f"and brought back to {result.engines} (not verified on hardware)")
+
+        # validate: every artifact against the shipped reference with the target's gates
+        raw = step("validate", files_key, ["python3", "-m", "esta_runtime.check_bundle", "--bundle", ".",
+                                           "--reference", "../reference.npz", "--gates", "../gates.json"],
+                   fix=f"run 'cd {remote}/bundle && {spec.python} -m esta_runtime.check_bundle --bundle . "
+                       f"--reference ../reference.npz --gates ../gates.json' there to see why")
+        validation = _last_json(raw, dev, "validate")
+        verdicts = {int(k): v for k, v in validation.get("stitches", {}).items()}
+        result.validation = stage.parent / "validation.json"
+        atomic_write_json(result.validation, {"device": spec.address, "key": files_key, **validation})
+        from .runtime.gates import describe_failure
+
+        result.failed = {sid: describe_failure(v) for sid, v in verdicts.items() if not v.get("passed")}
+        passed = sorted(sid for sid, v in verdicts.items() if v.get("passed"))
+        note(f"validate: {len(passed)} of {len(verdicts)} stitches pass the {manifest['target'].get('precision')} "
+             f"gates on {spec.address}" + "".join(f"; stitch {s} fails: {r}" for s, r in sorted(result.failed.items())))
+        if not passed:
+            raise dev.fail("validate", "no stitch passed validation on the device",
+                           "see " + str(result.validation))
+
+        # profile: the bundle's on-device profiler, on what passed
+        args = ["--stitches", ",".join(map(str, passed))]
+        if runs:
+            args += ["--runs", str(runs)]
+        if seconds:
+            args += ["--seconds", str(seconds)]
+        prof_key = _sha(f"{files_key} {shlex.join(args)}".encode())[:16]
+        if state.get("profile") == prof_key and store.is_file():
+            result.steps["profile"] = "reused"
+            result.measured = passed
+            note(f"profile: records of {len(passed)} stitches measured on {spec.address} already in {store}")
+        else:
+            raw = step("profile", prof_key, ["python3", "profile_device.py", *args],
+                       fix=f"run 'cd {remote}/bundle && {spec.python} profile_device.py' there to see why")
+            records = []
+            for line in raw.decode(errors="replace").splitlines():
+                if line.startswith("{"):
+                    rec = json.loads(line)
+                    rec["remote"] = {"device": spec.address, "host": dev.host, "user": dev.user, "port": dev.port,
+                                     "remote_dir": remote, "key": prof_key}
+                    records.append(_with_env_hash(rec))
+            if sorted(r.get("stitch_id") for r in records) != passed:
+                raise dev.fail("profile", f"the profiler returned {len(records)} records for {len(passed)} stitches",
+                               f"run 'cd {remote}/bundle && {spec.python} profile_device.py' there to see why")
+            ProfileStore(store).append(records)
+            state["profile"] = prof_key
+            save_state()
+            result.steps["profile"] = "done"
+            result.measured = passed
+            note(f"profile: {len(records)} stitches measured on {spec.address}; records in {store}")
+    state["validate"] = files_key
+    save_state()
+    return result
+
+
+def _last_json(raw: bytes, dev, step: str) -> dict[str, Any]:
+    for line in reversed(raw.decode(errors="replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    raise dev.fail(step, "printed no result", "re-run the same command; if it persists run the step by hand")
