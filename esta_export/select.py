@@ -112,9 +112,6 @@ def _inputs(compiled_dir: Path, target: Any
     comp, export, _ = stages.read_compiled(compiled_dir)
     rows = stages.stitch_table(comp, export)
     warnings: list[str] = []
-    for sid, reason in sorted((exclude or {}).items()):
-        warnings.append(f"stitch {sid} dropped: {reason}")
-    rows = [r for r in rows if r["id"] not in (exclude or {})]
     if not comp.get("verified_on_hardware", getattr(target, "verified_on_hardware", False)):
         warnings.append(f"target {target.name} is not verified on hardware: its artifacts were "
                         "built from documentation, treat the numbers with care")
