@@ -442,3 +442,41 @@ def recover_swap(final: str | os.PathLike) -> None:
         os.replace(old, final)
     elif old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked_file(path: str | os.PathLike, mode: str, lock: int) -> Iterator[Any]:
+    """``path`` opened in ``mode`` under an flock (``fcntl.LOCK_SH`` / ``LOCK_EX``)."""
+    import fcntl
+
+    f = open(path, mode, encoding="utf-8", errors="replace")
+    try:
+        fcntl.flock(f.fileno(), lock)
+        yield f
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def append_json_lines(path: str | os.PathLike, lines: list[str]) -> int:
+    """Append already-serialised JSON lines to an append-only store under an exclusive lock.
+
+    A crash may have left a torn last line without a newline: start on a fresh line so the new
+    records are not glued to it (the stores' readers skip the torn fragment)."""
+    import fcntl
+
+    if not lines:
+        return 0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked_file(path, "a+", fcntl.LOCK_EX) as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                f.write("\n")
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return len(lines)

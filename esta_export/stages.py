@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import FormatError, InputError
+from .fsutil import append_json_lines, locked_file
 from .validation import Fields
 
 EXPORT_SUMMARY = "export.json"
@@ -654,14 +655,8 @@ class AccuracyStore:
 
     @contextlib.contextmanager
     def _locked(self, mode: str, lock: int):
-        f = open(self.path, mode, encoding="utf-8", errors="replace")
-        try:
-            fcntl.flock(f.fileno(), lock)
+        with locked_file(self.path, mode, lock) as f:
             yield f
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            f.close()
 
     @staticmethod
     def check(rec: Any, where: str) -> dict[str, Any]:
@@ -705,16 +700,4 @@ class AccuracyStore:
                    **_jsonable(rec)}
             self.check(rec, f"{self.path} (record to append)")
             lines.append(json.dumps(rec))
-        if not lines:
-            return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked("a+", fcntl.LOCK_EX) as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:
-                f.seek(f.tell() - 1)
-                if f.read(1) != "\n":
-                    f.write("\n")
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return len(lines)
+        return append_json_lines(self.path, lines)

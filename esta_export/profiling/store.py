@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import ProfileError
+from ..fsutil import append_json_lines, locked_file
 
 SCHEMA = "esta-export/profile"
 SCHEMA_VERSION = "1.0"
@@ -62,14 +63,8 @@ class ProfileStore:
 
     @contextlib.contextmanager
     def _locked(self, mode: str, lock: int) -> Iterator[Any]:
-        f = open(self.path, mode, encoding="utf-8", errors="replace")
-        try:
-            fcntl.flock(f.fileno(), lock)
+        with locked_file(self.path, mode, lock) as f:
             yield f
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            f.close()
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
         """Append records (each checked); returns how many were written."""
@@ -79,21 +74,7 @@ class ProfileStore:
             rec.setdefault("time", now_iso())
             check_record(rec, "record to append")
             lines.append(json.dumps(rec, sort_keys=False, default=_json_default))
-        if not lines:
-            return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked("a+", fcntl.LOCK_EX) as f:
-            # A crash may have left a torn last line without a newline: start on a fresh line so
-            # our records are not glued to it (the reader skips the torn fragment).
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:
-                f.seek(f.tell() - 1)
-                if f.read(1) != "\n":
-                    f.write("\n")
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return len(lines)
+        return append_json_lines(self.path, lines)
 
     def records(self) -> list[dict[str, Any]]:
         """Every readable record, oldest first; unreadable lines are skipped with a warning."""
