@@ -223,8 +223,9 @@ class OvRunner(Runner):
                          "INFERENCE_PRECISION_HINT").get_type_name()}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        res = self.request.infer({0: np.ascontiguousarray(x, np.float32)})
-        return np.asarray(res[self.compiled.outputs[0]], dtype=np.float32).copy()
+        from ..runtime.ov_engine import infer_once
+
+        return infer_once(self.request, x, self.compiled.outputs[0])
 
     def close(self) -> None:
         self.request = None
