@@ -176,18 +176,17 @@ def test_warm_up_honours_time_and_count() -> None:
     assert warm_up(r, x, 0.02, 1) >= 1
 
 
-def test_protocol_from_target_and_overrides() -> None:
-    class T:
-        profile = {"min_runs": 11, "cv_threshold": 0.1}
-
-    p = TimingProtocol.from_target(T(), min_seconds=0.5)
+def test_protocol_overrides_resolve_in_one_place() -> None:
+    base = TimingProtocol(min_runs=11, cv_threshold=0.1)
+    p = TimingProtocol.with_overrides(base, min_seconds=0.5, min_runs=None)  # None: not given
     assert (p.min_runs, p.cv_threshold, p.min_seconds) == (11, 0.1, 0.5)
+    assert TimingProtocol.with_overrides(min_runs=7).min_runs == 7
     assert p.settings_hash(batch=1) != p.settings_hash(batch=2)
     with pytest.raises(ProfileError):
-        TimingProtocol.from_target(None, min_runs=0)
+        TimingProtocol.with_overrides(min_runs=0)
     with pytest.raises(ProfileError, match="stability metric"):
-        TimingProtocol.from_target(None, cv_metric="nope")
+        TimingProtocol.with_overrides(cv_metric="nope")
     with pytest.raises(ProfileError):
         profile_runners({"a": OrtRunner(mlp_graph(8, 1))})
     with pytest.raises(ProfileError, match="confidence"):
-        TimingProtocol.from_target(None, ci_level=1.5)
+        TimingProtocol.with_overrides(ci_level=1.5)

@@ -22,8 +22,9 @@ from ..errors import InputError, ProfileError
 from ..runtime.session import SessionSettings
 from ..stages import (default_store_path, input_shape_for, read_compiled,  # noqa: F401  (stages owns them)
                       stitch_table)
-from .harness import LatencyStats, ProgressFn, TimingProtocol, profile_runners, stats_record, warm_up
-from .store import ProfileStore, now_iso
+from .harness import ProgressFn, TimingProtocol, profile_runners, warm_up
+from .record import MeasureContext, build_record
+from .store import ProfileStore
 
 MAX_FRONT_ROUNDS = 5
 
@@ -88,14 +89,60 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                      session: SessionSettings | None = None, tune: bool = False) -> ProfileResult:
     """Measure the compiled stitches of ``compiled_dir`` on this machine (see module doc)."""
     from ..backends import get_backend
-    from ..predict import LatencyModel, choose_profile_subset, leave_one_out
     from ..targets import load_target
-    from .environment import TegrastatsSampler, env_hash, fingerprint
-    from .memory import measure_peak_memory
+    from .environment import env_hash, fingerprint
 
     target = load_target(target) if isinstance(target, (str, Path)) else target
-    comp, export, _ = read_compiled(compiled_dir)
     compiled_dir = Path(compiled_dir)
+    comp, export, _ = read_compiled(compiled_dir)
+    rows = _rows_to_profile(compiled_dir, comp, export, target, stitch_ids, budget)
+    store = ProfileStore(store_path or default_store_path(compiled_dir, target.name))
+    backend_name = comp.get("backend") or target.backend
+    proto = TimingProtocol.with_overrides(min_runs=min_runs, min_seconds=min_seconds,
+                                          cv_metric=cv_metric)
+    _check_files(compiled_dir, rows)
+    target, session, tuned = _session_for(compiled_dir, target, store, proto, session, tune, progress)
+    env = fingerprint(threads=session.threads or None)
+    result = ProfileResult(store.path, target.name, env, env_hash(env))
+    result.tune = tuned
+    run = _Run(compiled_dir, get_backend(backend_name), {r["id"]: r for r in rows}, store, result,
+               memory, fresh, progress)
+    precision = comp.get("precision") or getattr(target, "precision", None)
+    batches = list(batch_sizes or getattr(getattr(target, "shapes", None), "batch_sizes", (1,)))
+    for batch in batches:
+        ctx = MeasureContext.for_pass(target, backend=backend_name, precision=precision,
+                                      batch=batch, shape=input_shape_for(export, comp, batch),
+                                      protocol=proto, session=session, env=env,
+                                      env_hash=result.env_hash)
+        # select reads the predictions of the first batch (it selects at that batch)
+        _profile_batch(run, ctx, rows, budget, persist=batch == batches[0])
+    result.warnings.extend(_unstable_warnings(result.records.values()))
+    _add_front_check(result)
+    run.say("done", 1.0, "")
+    return result
+
+
+@dataclass
+class _Run:
+    """What every batch of one ``profile_compiled`` call shares (the result it fills in)."""
+
+    compiled_dir: Path
+    backend: Any
+    by_id: dict[Hashable, dict[str, Any]]
+    store: ProfileStore
+    result: ProfileResult
+    memory: bool
+    fresh: bool
+    progress: ProgressFn | None
+
+    def say(self, phase: str, frac: float, detail: str) -> None:
+        if self.progress is not None:
+            self.progress(phase, frac, detail)
+
+
+def _rows_to_profile(compiled_dir: Path, comp: dict, export: dict, target: Any,
+                     stitch_ids: Sequence[Hashable] | None, budget: int | None) -> list[dict]:
+    """The compile stage's rows to time, after refusing what cannot be profiled here."""
     if comp.get("target") not in (None, target.name):
         raise ProfileError(f"{compiled_dir} was compiled for target {comp.get('target')}, "
                            f"not {target.name}", hint=f"pass --target {comp.get('target')}")
@@ -117,129 +164,153 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
                            hint="re-run 'esta-export compile' (see its 'failed' list)")
     if budget is not None and budget < 1:
         raise InputError("--profile-budget must be at least 1", hint="or leave it out to time all")
+    return rows
 
-    store = ProfileStore(store_path or default_store_path(compiled_dir, target.name))
-    backend_name = comp.get("backend") or target.backend
-    backend = get_backend(backend_name)
-    proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds,
-                                       cv_metric=cv_metric)
-    # The session configuration the bundle runtime will use: 'profile --tune''s choice (measured
-    # now, or earlier on this machine), else the target's [execution]; recorded in every record
-    # and keyed into the cache.
+
+def _check_files(compiled_dir: Path, rows: list[dict]) -> None:
+    missing = [r["id"] for r in rows if not r.get("path") or not (compiled_dir / r["path"]).exists()]
+    if missing:
+        raise ProfileError(f"artifacts listed in compile.json are missing: stitches "
+                           f"{', '.join(map(str, missing[:10]))}",
+                           hint="re-run 'esta-export compile --fresh'")
+
+
+def _session_for(compiled_dir: Path, target: Any, store: ProfileStore, proto: TimingProtocol,
+                 session: SessionSettings | None, tune: bool,
+                 progress: ProgressFn | None) -> tuple[Any, SessionSettings, dict | None]:
+    """The session configuration the bundle runtime will use: 'profile --tune''s choice
+    (measured now, or earlier on this machine), else the target's [execution]; recorded in
+    every record and keyed into the cache. Returns the target with the choice applied."""
+    from .environment import env_hash, fingerprint
     from .tune import apply_choice, tune_session, tuned_choice
+
     tuned = (tune_session(compiled_dir, target, store.path, progress=progress, protocol=proto) if tune
              else tuned_choice(store.path, target, env_hash(fingerprint())))
     if tuned is not None and session is None:
         target, session = apply_choice(target, tuned["choice"])
         session = session or dataclasses.replace(SessionSettings.from_target(target), source="tuned")
-    session = session or SessionSettings.from_target(target)
-    threads = session.threads
-    env = fingerprint(threads=threads or None)
-    ehash = env_hash(env)
-    precision = comp.get("precision") or getattr(target, "precision", None)
-    batches = list(batch_sizes or getattr(getattr(target, "shapes", None), "batch_sizes", (1,)))
-    transfers = ("included (host->device->host per call)" if getattr(target, "transfers_included",
-                 False) else "not included" if getattr(getattr(target, "device", None), "kind",
-                 "cpu") != "cpu" else "none (host memory, CPU execution)")
-    result = ProfileResult(store.path, target.name, env, ehash)
-    result.tune = tuned
-    say = progress or (lambda phase, frac, detail: None)
-    by_id = {r["id"]: r for r in rows}
-    missing_files = [r["id"] for r in rows if not r.get("path")
-                     or not (compiled_dir / r["path"]).exists()]
-    if missing_files:
-        raise ProfileError(f"artifacts listed in compile.json are missing: stitches "
-                           f"{', '.join(map(str, missing_files[:10]))}",
-                           hint="re-run 'esta-export compile --fresh'")
+    return target, session or SessionSettings.from_target(target), tuned
 
-    for batch in batches:
-        shape = input_shape_for(export, comp, batch)
-        settings = proto.settings_hash(batch=batch, shape=shape, precision=precision,
-                                       threads=threads, backend=backend_name, transfers=transfers,
-                                       session=session.key())
-        known: dict[Hashable, dict[str, Any]] = {}
-        if not fresh:
-            for r in rows:
-                hit = store.lookup(r["sha256"], ehash, settings)
-                if hit is not None:
-                    known[r["id"]] = hit
-        result.cached.update({k: v for k, v in known.items()})
-        todo = [r["id"] for r in rows if r["id"] not in known]
-        if budget is not None and len(todo) > budget:
-            first = choose_profile_subset(rows, budget, already=list(known))
-        else:
-            first = todo
 
-        def measure(ids: list[Hashable], predicted: dict[Hashable, float]) -> None:
-            if not ids:
-                return
-            runners = {}
-            for n, i in enumerate(ids):
-                say("load", n / len(ids), str(i))
-                runners[i] = load_for_profile(backend, compiled_dir / by_id[i]["path"], target,
-                                              session)
-            used_threads = {i: (getattr(r, "info", {}) or {}).get("threads") for i, r in
-                            runners.items()}
-            with TegrastatsSampler() as sampler:
-                t0 = time.monotonic()
-                stats = profile_runners(runners, shape, protocol=proto, progress=progress)
-                t1 = time.monotonic()
-                energy = _energy_pass(runners, shape, proto, sampler) if sampler.available else {}
-            for r in runners.values():
-                close = getattr(r, "close", None)
-                if close:
-                    close()
-            runners.clear()
-            mem = {}
-            if memory:
-                say("memory", 0.0, f"{len(ids)} stitches")
-                mem = measure_peak_memory(
-                    {i: (_load_runner, (backend_name, str(compiled_dir / by_id[i]["path"]),
-                                        target.source or target.name, session.to_dict()))
-                     for i in ids}, shape)
-            tegra = sampler.summary() if sampler.available else None
-            recs = []
-            for i in ids:
-                recs.append(_record(by_id[i], stats[i], target, backend_name, precision, batch,
-                                    shape, used_threads[i] or threads, env, ehash, proto, settings,
-                                    transfers, mem.get(i), energy.get(i), tegra,
-                                    predicted.get(i), (t0, t1), session))
-            store.append(recs)
-            result.measured.update({r["stitch_id"]: r for r in recs})
-            known.update({r["stitch_id"]: r for r in recs})
+def _profile_batch(run: _Run, ctx: MeasureContext, rows: list[dict], budget: int | None,
+                   *, persist: bool) -> None:
+    """One batch size: reuse what the store holds, time the first set (all, or ``budget`` of
+    them chosen by the predictor's design), then time every stitch on the predicted front."""
+    from ..predict import choose_profile_subset
 
-        measure(first, {})
-        # Predict the rest; every stitch on the predicted front is then timed for real.
-        for _ in range(MAX_FRONT_ROUNDS):
-            rest = [r for r in rows if r["id"] not in known]
-            if not rest:
-                break
-            train = [by_id[i] for i in known]
-            model = LatencyModel.fit(train, [known[i]["latency_ms"]["median"] for i in known])
-            pred = dict(zip([r["id"] for r in rest], map(float, model.predict(rest))))
-            lat = {i: known[i]["latency_ms"]["median"] for i in known} | pred
-            todo_front = [i for i in _pareto_ids(rows, lat) if i in pred]
-            if not todo_front:
-                result.predicted.update(pred)
-                ev = leave_one_out(train, [known[i]["latency_ms"]["median"] for i in known])
-                result.predictor = {"model": model.to_dict(), "leave_one_out": ev.to_dict(),
-                                    "batch": batch}
-                if batch == batches[0]:   # what select reads (it selects at the first batch)
-                    _persist_predictions(store.path, target.name, batch, by_id, known, pred,
-                                         model, result.predictor)
-                break
-            say("front", 0.0, f"timing {len(todo_front)} predicted-front stitches")
-            measure(todo_front, pred)
-        else:
-            result.warnings.append("the predicted Pareto front kept moving; some front stitches "
-                                   "may still be predicted (raise --profile-budget)")
-    for rec in result.records.values():
+    known = {} if run.fresh else _cached(run.store, rows, ctx)
+    run.result.cached.update(known)
+    todo = [r["id"] for r in rows if r["id"] not in known]
+    first = (choose_profile_subset(rows, budget, already=list(known))
+             if budget is not None and len(todo) > budget else todo)
+    known.update(_measure(run, ctx, first, {}))
+    _front_rounds(run, ctx, rows, known, persist=persist)
+
+
+def _cached(store: ProfileStore, rows: list[dict], ctx: MeasureContext) -> dict[Hashable, dict]:
+    known = {}
+    for r in rows:
+        hit = store.lookup(r["sha256"], ctx.env_hash, ctx.settings)
+        if hit is not None:
+            known[r["id"]] = hit
+    return known
+
+
+def _front_rounds(run: _Run, ctx: MeasureContext, rows: list[dict],
+                  known: dict[Hashable, dict], *, persist: bool) -> None:
+    """Predict the unmeasured; time for real every predicted stitch on the predicted front,
+    until the front holds only measured stitches (at most MAX_FRONT_ROUNDS rounds)."""
+    from ..predict import LatencyModel, leave_one_out
+
+    result = run.result
+    for _ in range(MAX_FRONT_ROUNDS):
+        rest = [r for r in rows if r["id"] not in known]
+        if not rest:
+            return
+        train = [run.by_id[i] for i in known]
+        measured_ms = [known[i]["latency_ms"]["median"] for i in known]
+        model = LatencyModel.fit(train, measured_ms)
+        pred = dict(zip([r["id"] for r in rest], map(float, model.predict(rest))))
+        lat = {i: known[i]["latency_ms"]["median"] for i in known} | pred
+        todo_front = [i for i in _pareto_ids(rows, lat) if i in pred]
+        if not todo_front:
+            result.predicted.update(pred)
+            ev = leave_one_out(train, measured_ms)
+            result.predictor = {"model": model.to_dict(), "leave_one_out": ev.to_dict(),
+                                "batch": ctx.batch}
+            if persist:
+                _persist_predictions(run.store.path, ctx.target.name, ctx.batch, run.by_id, known,
+                                     pred, model, result.predictor)
+            return
+        run.say("front", 0.0, f"timing {len(todo_front)} predicted-front stitches")
+        known.update(_measure(run, ctx, todo_front, pred))
+    result.warnings.append("the predicted Pareto front kept moving; some front stitches "
+                           "may still be predicted (raise --profile-budget)")
+
+
+def _measure(run: _Run, ctx: MeasureContext, ids: list[Hashable],
+             predicted: dict[Hashable, float]) -> dict[Hashable, dict]:
+    """Time ``ids`` together in interleaved rounds (energy per stitch on a Jetson), measure
+    their peak memory in a worker, append their records to the store; returns them by id."""
+    from .environment import TegrastatsSampler
+
+    if not ids:
+        return {}
+    runners = _load_runners(run, ctx, ids)
+    used_threads = {i: (getattr(r, "info", {}) or {}).get("threads") for i, r in runners.items()}
+    with TegrastatsSampler() as sampler:
+        stats = profile_runners(runners, ctx.shape, protocol=ctx.protocol, progress=run.progress)
+        energy = _energy_pass(runners, ctx.shape, ctx.protocol, sampler) if sampler.available else {}
+    for r in runners.values():
+        close = getattr(r, "close", None)
+        if close:
+            close()
+    runners.clear()
+    mem = _peak_memory(run, ctx, ids) if run.memory else {}
+    tegra = sampler.summary() if sampler.available else None
+    recs = [build_record(ctx, run.by_id[i], stats[i], threads=used_threads[i], mem=mem.get(i),
+                         energy=energy.get(i), tegra=tegra, predicted_ms=predicted.get(i))
+            for i in ids]
+    run.store.append(recs)
+    by_sid = {r["stitch_id"]: r for r in recs}
+    run.result.measured.update(by_sid)
+    return by_sid
+
+
+def _load_runners(run: _Run, ctx: MeasureContext, ids: list[Hashable]) -> dict[Hashable, Any]:
+    runners = {}
+    for n, i in enumerate(ids):
+        run.say("load", n / len(ids), str(i))
+        runners[i] = load_for_profile(run.backend, run.compiled_dir / run.by_id[i]["path"],
+                                      ctx.target, ctx.session)
+    return runners
+
+
+def _peak_memory(run: _Run, ctx: MeasureContext, ids: list[Hashable]) -> dict[Hashable, dict]:
+    """Peak resident memory of each stitch, each loaded alone in a spawned worker."""
+    from .memory import measure_peak_memory
+
+    run.say("memory", 0.0, f"{len(ids)} stitches")
+    target_ref = ctx.target.source or ctx.target.name
+    return measure_peak_memory(
+        {i: (_load_runner, (ctx.backend, str(run.compiled_dir / run.by_id[i]["path"]), target_ref,
+                            ctx.session.to_dict())) for i in ids}, ctx.shape)
+
+
+def _unstable_warnings(records: Any) -> list[str]:
+    out = []
+    for rec in records:
         if rec.get("unstable"):
             metric = (rec.get("protocol") or {}).get("cv_metric", "cv")
-            result.warnings.append(
+            out.append(
                 f"stitch {rec['stitch_id']} latency is unstable ({metric} "
                 f"{rec['latency_ms'].get(metric, rec['latency_ms']['cv']):.1%} after "
                 f"{rec.get('attempts', 1)} attempts); quiet the machine and re-profile --fresh")
+    return out
+
+
+def _add_front_check(result: ProfileResult) -> None:
+    """How well the predictor did on the front stitches it predicted and that were then timed."""
     held = [(r["predicted_before_ms"], r["latency_ms"]["median"]) for r in result.measured.values()
             if r.get("predicted_before_ms")]
     if held and result.predictor is not None:
@@ -248,8 +319,6 @@ def profile_compiled(compiled_dir: str | Path, target: Any, store_path: str | Pa
             "n": len(ape), "mape": float(np.mean(ape)), "within_10pct": float(np.mean(
                 [a <= 0.1 for a in ape])),
             "method": "front stitches predicted, then measured"}
-    say("done", 1.0, "")
-    return result
 
 
 def _persist_predictions(store_path: Path, target: str, batch: int,
@@ -285,40 +354,6 @@ def _energy_pass(runners: dict, shape: list[int], proto: TimingProtocol,
         time.sleep(2 * sampler.interval_ms / 1000.0)  # let the sample after t1 arrive
         out[i] = energy_per_inference_mj(list(sampler.samples), t0, t1, n)
     return out
-
-
-def _record(row: dict[str, Any], stats: LatencyStats, target: Any, backend: str,
-            precision: str | None, batch: int, shape: list[int], threads: Any,
-            env: dict[str, Any], ehash: str, proto: TimingProtocol, settings: str,
-            transfers: str, mem: dict[str, Any] | None, energy: dict[str, Any] | None,
-            tegra: dict[str, Any] | None, predicted_ms: float | None,
-            window: tuple[float, float], session: SessionSettings) -> dict[str, Any]:
-    from .environment import hardware_match
-
-    mem = mem or {}
-    hw = hardware_match(target.device, env)
-    rec = {
-        "stitch_id": row["id"], "route": row.get("route"), "artifact_sha256": row.get("sha256"),
-        "target": target.name, "backend": backend, "precision": precision, "batch": batch,
-        "input_shape": shape, "threads": threads, **stats_record(stats, proto),
-        "peak_rss_mb": mem.get("peak_rss_mb"), "memory_method": mem.get("method"),
-        "memory_error": mem.get("error"),
-        "env": env, "env_hash": ehash, "settings_hash": settings,
-        "transfers": transfers, "measured": True, "time": now_iso(),
-        "session": session.to_dict() if backend == "onnxruntime" else {
-            "threads": getattr(target.execution, "threads", 0) or None,
-            "performance_hint": getattr(target.execution, "performance_hint", None),
-            "source": session.source},
-        # Where it really ran, from the fingerprint (not the target file's claim).
-        "hardware": hw, "verified_on_hardware": hw["matches"],
-    }
-    if energy is not None:
-        rec["energy"] = energy
-    if tegra:
-        rec["tegrastats"] = tegra
-    if predicted_ms is not None:
-        rec["predicted_before_ms"] = predicted_ms
-    return rec
 
 
 # ---------------------------------------------------------------- timing in a clean process

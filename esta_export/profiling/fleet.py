@@ -111,9 +111,10 @@ def measure_on_board(job: dict, files: dict[str, bytes]) -> dict:
     from ..backends import get_backend
     from ..runtime.session import SessionSettings
     from ..targets import load_target
-    from .compiled import _record, load_for_profile
+    from .compiled import load_for_profile
     from .environment import env_hash, fingerprint
     from .harness import TimingProtocol, profile_runners
+    from .record import MeasureContext, build_record
 
     with tempfile.TemporaryDirectory(prefix="esta-fleet-") as tmp:
         root = Path(tmp)
@@ -132,10 +133,12 @@ def measure_on_board(job: dict, files: dict[str, bytes]) -> dict:
             if close:
                 close()
     env = fingerprint(threads=session.threads or None)
-    rec = _record(job["row"], stats[job["row"]["id"]], target, job["backend"], job["precision"],
-                  job["batch"], job["shape"], session.threads, env, env_hash(env), proto,
-                  job["settings"], job["transfers"], {"error": "not measured in fleet runs"},
-                  None, None, None, (0.0, 0.0), session)
+    # The host hashed the settings (its store is the cache); the board adds its own fingerprint.
+    ctx = MeasureContext(target, job["backend"], job["precision"], job["batch"], job["shape"],
+                         session.threads, env, env_hash(env), proto, session, job["transfers"],
+                         job["settings"])
+    rec = build_record(ctx, job["row"], stats[job["row"]["id"]],
+                       mem={"error": "not measured in fleet runs"})
     import ray
 
     rec["fleet"] = {"ray_node_id": ray.get_runtime_context().get_node_id(),
@@ -185,6 +188,7 @@ def profile_fleet(compiled_dir: str | Path, target: Any, store_path: str | Path 
     from ..targets import load_target
     from ..stages import default_store_path, input_shape_for, read_compiled, stitch_table
     from .harness import TimingProtocol
+    from .record import MeasureContext
     from .store import ProfileStore
 
     ray = _ray()
@@ -213,16 +217,15 @@ def profile_fleet(compiled_dir: str | Path, target: Any, store_path: str | Path 
         raise InputError("--common must be 0 or more", hint="e.g. --common 3")
     store = ProfileStore(store_path or default_store_path(compiled_dir, target.name))
     backend = comp.get("backend") or target.backend
-    proto = TimingProtocol.from_target(target, min_runs=min_runs, min_seconds=min_seconds)
+    proto = TimingProtocol.with_overrides(min_runs=min_runs, min_seconds=min_seconds)
     session = SessionSettings.from_target(target)
     precision = comp.get("precision") or target.precision
     batch = (target.shapes.batch_sizes or (1,))[0]
     shape = input_shape_for(export, comp, batch)
-    transfers = ("included (host->device->host per call)" if target.transfers_included
-                 else "none (host memory, CPU execution)" if target.device.kind == "cpu" else "not included")
-    settings = proto.settings_hash(batch=batch, shape=shape, precision=precision,
-                                   threads=session.threads, backend=backend, transfers=transfers,
-                                   session=session.key())
+    # The pass as the boards will measure it (each board adds its own fingerprint).
+    plan = MeasureContext.for_pass(target, backend=backend, precision=precision, batch=batch,
+                                   shape=shape, protocol=proto, session=session, env={}, env_hash="")
+    transfers, settings = plan.transfers, plan.settings
     if not target.source or not Path(target.source).is_file():
         raise ProfileError(f"target {target.name} has no TOML file to send to the boards",
                            hint="pass --target with a target name or a .toml path")

@@ -100,7 +100,7 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
     by_id = {r["id"]: r for r in rows}
     paths = {i: compiled_dir / by_id[i]["path"] for i in ids}
     shape = input_shape_for(export, comp, 1)
-    base = protocol or TimingProtocol.from_target(target)
+    base = protocol or TimingProtocol()
     # Never longer than the profile itself was asked to be (--runs / --seconds).
     proto = dataclasses.replace(base, **{k: min(v, getattr(base, k)) for k, v in TUNE_PROTOCOL.items()})
     metric, goal = proto.cv_metric, proto.cv_threshold

@@ -80,7 +80,7 @@ def profile(bundle, *, runs: int | None = None, seconds: float | None = None, ba
     ids = [s.id for s in bundle.stitches()] if stitch_ids is None else [int(i) for i in stitch_ids]
     for sid in ids:
         bundle._entry(sid)  # unknown ids: one clear line
-    proto = TimingProtocol.from_target(protocol, min_runs=runs, min_seconds=seconds)
+    proto = TimingProtocol.with_overrides(protocol, min_runs=runs, min_seconds=seconds)
     shape = list(bundle.input_spec.get("shape") or [1, 3, 224, 224])
     shape[0] = batch
     x = np.random.default_rng(0).standard_normal([int(d) for d in shape]).astype(np.float32)

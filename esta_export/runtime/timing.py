@@ -80,25 +80,12 @@ class TimingProtocol:
     order: str = "blocks of consecutive calls per visit, visits rotated in a new order each round"
 
     @classmethod
-    def from_target(cls, target: Any | None = None, **overrides: Any) -> "TimingProtocol":
-        """Defaults, then the target's settings where it has them, then explicit overrides.
+    def with_overrides(cls, base: "TimingProtocol | None" = None, /,
+                       **overrides: Any) -> "TimingProtocol":
+        """``base`` (else the defaults) with the overrides that are not None, checked.
 
-        Target fields are read with fallbacks because older target files may not carry them.
-        """
-        proto = cls()
-        if target is not None:
-            found: dict[str, Any] = {}
-            sources = [target, getattr(target, "profile", None), getattr(target, "measure", None)]
-            for name in _PROTOCOL_KEYS:
-                for src in sources:
-                    if src is None:
-                        continue
-                    value = src.get(name) if isinstance(src, Mapping) else getattr(src, name, None)
-                    if value is not None:
-                        found[name] = value
-                        break
-            proto = replace(proto, **found)
-        proto = replace(proto, **{k: v for k, v in overrides.items() if v is not None})
+        The one place optional protocol arguments resolve (command-line flags default to None)."""
+        proto = replace(base or cls(), **{k: v for k, v in overrides.items() if v is not None})
         proto.check()
         return proto
 
@@ -339,9 +326,7 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
     unknown = set(overrides) - set(_PROTOCOL_KEYS)
     if unknown:
         raise TypeError(f"unknown protocol settings: {', '.join(sorted(unknown))}")
-    proto = replace(protocol or TimingProtocol(),
-                    **{k: v for k, v in overrides.items() if v is not None})
-    proto.check()
+    proto = TimingProtocol.with_overrides(protocol, **overrides)
     if inputs is None:
         if input_shape is None:
             raise TimingError("profiling needs an input shape or an input tensor",
