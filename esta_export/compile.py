@@ -5,7 +5,9 @@ Reads ``<export>/export.json`` and writes ``<out>/``::
     compile.json           written last: its presence means the stage finished
     reference.npz          the reference inputs ``x`` (+ ``y`` labels) and fp32 logits ``ref_<id>``
     stitch_<id>/           one backend artifact per stitch + artifact.json (its record)
-    kit.json, build_engines.py, trtexec.sh, README_DEVICE.md   (TensorRT off the device only)
+    ...                    what the backend's ``finalize`` adds: e.g. a device build kit
+                           (kit.json, build_engines.py, README_DEVICE.md) when engines are
+                           built on the device and this is not it
 
 Reference inputs are the calibration data when given (``.npz`` with ``x``: preprocessed float32
 NCHW, optional ``y``: integer labels), else seeded random normal inputs. Random inputs can only
@@ -110,8 +112,8 @@ def _compile_into(out_dir: Path, export_dir: Path, spec: dict, target: Target, p
         built_all &= rec["built"]
         artifacts.append({"id": sid, "route": route, "path": rec["path"],
                           "sha256": rec["files"].get(rec["path"]), "files": rec["files"],
-                          # The stable identity of an artifact built later on the device (a
-                          # TensorRT plan): the graph files it will be built from. Profile records
+                          # The stable identity of an artifact built later on the device (an
+                          # engine plan): the graph files it will be built from. Profile records
                           # made on the device carry this key, so select can match them.
                           "source_sha256": None if rec["built"] else _graph_key(rec["files"]),
                           "precision": precision, "built": rec["built"], "validation": v,

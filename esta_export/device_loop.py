@@ -72,7 +72,8 @@ def stage_device_files(out: Path, target, compiled_dir: Path) -> tuple[Path, dic
 
     Rewritten only when the export or compile summary changed (the bundle's bytes follow from
     them), so a resumed run compares the same files with the device."""
-    from .bundle.writer import _write_device_reference, write_bundle
+    from .bundle.parts import write_device_reference as _write_device_reference
+    from .bundle.writer import write_bundle
     from .fsutil import atomic_write_json, read_json
 
     stage = Layout(out).device_dir(target.name) / "stage"

@@ -119,3 +119,33 @@ def test_graph_sees_lazy_imports() -> None:
 def test_no_import_circle() -> None:
     cycles = find_cycles(import_graph())
     assert cycles == [], f"import circles in esta_export: {cycles}"
+
+
+# The stages that must not know which backend they drive: they ask the backend's hooks
+# (``Backend.bundle_*``, ``Backend.finalize``) and the table of backends (runtime/backends.py).
+BACKEND_NEUTRAL = ("bundle/writer.py", "compile.py")
+# compile's fp32 reference runs on ONNX Runtime whatever the backend (the reference runtime,
+# not a backend choice): that one import line is allowed.
+REFERENCE_RUNTIME_LINE = "import onnxruntime as ort"
+
+
+def backend_names_in(text: str) -> list[tuple[int, str]]:
+    """(line, word) wherever ``text`` names a backend, its runtime or its artifact format."""
+    from esta_export.runtime.backends import BACKENDS
+
+    words = {*BACKENDS, *(s.package for s in BACKENDS.values()),
+             *(s.artifact_format for s in BACKENDS.values() if s.artifact_format != "onnx"),
+             ".xml", ".plan"}
+    return [(n, w) for n, line in enumerate(text.lower().splitlines(), 1)
+            if line.strip() != REFERENCE_RUNTIME_LINE for w in sorted(words) if w.lower() in line]
+
+
+def test_backend_name_check_finds_names() -> None:
+    src = "import onnxruntime as ort\nif fmt == 'openvino-ir':\n    p = 'engines/x.plan'\n"
+    assert backend_names_in(src) == [(2, "openvino"), (2, "openvino-ir"), (3, ".plan")]
+
+
+def test_bundle_writer_and_compile_name_no_backend() -> None:
+    for rel in BACKEND_NEUTRAL:
+        named = backend_names_in((PKG_DIR / rel).read_text(encoding="utf-8"))
+        assert named == [], f"esta_export/{rel} names a backend (line, word): {named}"

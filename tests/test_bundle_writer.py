@@ -233,7 +233,7 @@ def test_app_budget_too_small_is_one_line_error(bundle, tmp_path):
 
 
 def test_device_reference_is_capped_but_keeps_enough_samples(tmp_path):
-    from esta_export.bundle.writer import MAX_REFERENCE_BYTES, _write_device_reference
+    from esta_export.bundle.parts import MAX_REFERENCE_BYTES, write_device_reference as _write_device_reference
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 3, 224, 224)).astype(np.float32)  # 24 MB of 224 px inputs

@@ -21,6 +21,8 @@ from ..targets import Target
 if TYPE_CHECKING:  # numpy stays out of 'esta-export targets'
     import numpy as np
 
+    from ..bundle.parts import BundleParts
+
 __all__ = ["Backend", "Runner", "CompiledArtifact", "BackendUnavailableError", "CompileError"]
 
 
@@ -76,6 +78,40 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load(self, artifact_path: Path, target: Target) -> Runner: ...
+
+    # ---- bundling: how bundle/writer.py puts this backend's artifacts into a bundle ----------
+    # The defaults bundle the ONNX graph every backend starts from (re-pointed into the bundle's
+    # one weights file), or copy an artifact without one as compiled. A backend with its own
+    # artifact format overrides them here, in its file; the writer never names a backend.
+
+    def bundle_artifact(self, parts: BundleParts, sid: int, art: dict[str, Any]) -> dict[str, Any]:
+        """The manifest entry fields of stitch ``sid`` (at least ``artifact``), files written."""
+        onnx_rel = parts.onnx_source(art)
+        if onnx_rel is not None:
+            return {"artifact": parts.add_onnx_graph(sid, onnx_rel, art)}
+        from ..runtime.backends import BACKENDS
+
+        return {"artifact": parts.copy_as_compiled(sid, art, BACKENDS[self.name].artifact_format)}
+
+    def bundle_weights(self, parts: BundleParts) -> dict[str, Any] | None:
+        """The manifest's ``weights`` when not the shared ONNX weights file (None: that one)."""
+        return None
+
+    def check_bundled(self, parts: BundleParts, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """``bundle_check`` of one bundled stitch: the bundled copy computes what the compiled
+        artifact computed (None: no check for this format)."""
+        if entry["artifact"]["format"] == "onnx":
+            return parts.check_onnx_graph(entry)
+        return None
+
+    def bundle_device_build(self, parts: BundleParts) -> dict[str, Any]:
+        """For backends whose engines are built on the device (the table's ``built_on_device``):
+        ship what the device build needs; returns fields for the manifest's ``target``."""
+        return {}
+
+    def bundle_readme(self, manifest: dict[str, Any]) -> dict[str, str]:
+        """Backend-specific parts of the bundle's README.md (``weights_desc``, ``device_build``)."""
+        return {}
 
     def require(self) -> None:
         if not self.available():

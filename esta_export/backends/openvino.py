@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,11 @@ from ..errors import BackendUnavailableError, CompileError
 from ..targets import Target
 from . import register
 from .base import Backend, CompiledArtifact, Runner
+
+if TYPE_CHECKING:
+    from ..bundle.parts import BundleParts
+
+BUNDLE_WEIGHTS = "openvino_weights.bin"   # a bundle's one IR weights file, under models/
 
 # Version differences, in one place (first version with the row's behaviour).
 CAPABILITIES: dict[tuple[int, int], dict[str, Any]] = {
@@ -183,6 +188,85 @@ class OpenVinoBackend(Backend):
     def load(self, artifact_path: Path, target: Target) -> Runner:
         self.require()
         return OvRunner(Path(artifact_path), target)
+
+    # ---- bundling (bundle/writer.py): every IR re-pointed into one shared weights file ----------
+    def bundle_artifact(self, parts: BundleParts, sid: int, art: dict[str, Any]) -> dict[str, Any]:
+        """``models/stitch_<id>.xml`` pointing into the shared ``models/openvino_weights.bin``,
+        with the settings the runtime must compile it with (device, pinned inference precision)."""
+        from ..bundle.ir_pack import IrPacker
+
+        if not art["path"].endswith(".xml"):
+            return super().bundle_artifact(parts, sid, art)
+        packer = parts.state.get("ir_packer")
+        if packer is None:
+            packer = parts.state["ir_packer"] = IrPacker(parts.models / BUNDLE_WEIGHTS)
+        src = parts.compiled_dir / art["path"]
+        rel = f"models/stitch_{sid:03d}.xml"
+        packer.add_ir(sid, src, src.with_suffix(".bin"), parts.root / rel)
+        info = art.get("info") or {}
+        return {"artifact": {
+            "format": "openvino-ir", "path": rel, "weights": f"models/{BUNDLE_WEIGHTS}",
+            "compiled_sha256": art.get("sha256"), "source": art["path"],
+            "openvino": {"device": info.get("device") or "CPU",
+                         "inference_precision_hint": info.get("inference_precision_hint"),
+                         "performance_hint": info.get("performance_hint")}}}
+
+    def bundle_weights(self, parts: BundleParts) -> dict[str, Any] | None:
+        """The shared IR weights file and its real bytes (the ONNX weights files stay only when
+        ONNX graphs were bundled too)."""
+        packer = parts.state.get("ir_packer")
+        if packer is None:
+            return None
+        stats = packer.close()
+        if not parts.packer.tensors:
+            for name in ("weights.bin", "weights.json"):
+                (parts.models / name).unlink()
+        per = stats["per_stitch_bytes"]
+        return {"file": f"models/{BUNDLE_WEIGHTS}", "format": "openvino-ir", "index": None,
+                "unique_bytes": stats["unique_bytes"], "consts": stats["consts"],
+                "unique_consts": stats["unique_consts"], "compiled_bytes_per_stitch": per,
+                "compiled_bytes_total": int(sum(per.values())),
+                "note": "stored once on disk; OpenVINO's CPU plugin prepares its own copy of each "
+                        "loaded stitch's weights in memory"}
+
+    def check_bundled(self, parts: BundleParts, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """The re-pointed IR must compute exactly what the compiled one did (CPU, f32)."""
+        if entry["artifact"]["format"] != "openvino-ir":
+            return super().check_bundled(parts, entry)
+        if importlib.util.find_spec("openvino") is None:
+            return {"skipped": "openvino is not installed where the bundle was written"}
+        from ..bundle.parts import compare_outputs
+
+        ov = _ov()
+        art = entry["artifact"]
+        bundled = parts.root / art["path"]
+        reference = parts.reference()
+        if reference is None or "x" not in reference:
+            return {"skipped": "no compile reference inputs"}
+        x = reference["x"].astype(np.float32)
+        core = ov.Core()
+        outs = []
+        for model in (core.read_model(str(parts.compiled_dir / art["source"])),
+                      core.read_model(str(bundled), str(parts.root / art["weights"]))):
+            static = not model.inputs[0].get_partial_shape().is_dynamic and model.inputs[0].shape[0] == 1
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            req = compiled.create_infer_request()
+            step = 1 if static else len(x)
+            outs.append(np.concatenate([np.asarray(req.infer({0: x[i:i + step]})[compiled.outputs[0]]).copy()
+                                        for i in range(0, len(x), step)]))
+        return compare_outputs(outs[0], outs[1], bundled, reference, entry["id"],
+                               {"input": f"compile reference inputs ({len(x)})",
+                                "runtime": f"openvino {ov.get_version()} CPU f32"})
+
+    def bundle_readme(self, manifest: dict[str, Any]) -> dict[str, str]:
+        w = manifest.get("weights") or {}
+        if w.get("format") != "openvino-ir":
+            return {}
+        return {"weights_desc": (
+            f"their OpenVINO IR weights stored once on disk (`{w['file']}`, {w['unique_bytes']:,} bytes; "
+            f"the compiled IRs held {w['compiled_bytes_total']:,} bytes, one `.bin` each), which every "
+            "`models/stitch_<id>.xml` points into; in memory OpenVINO's CPU plugin prepares each "
+            "loaded stitch's weights itself")}
 
 
 class OvRunner(Runner):

@@ -31,7 +31,7 @@ import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from ..runtime.tensorrt.device import is_jetson, module_matches
 from ..targets import Target
 from . import register
 from .base import Backend, CompiledArtifact, Runner
+
+if TYPE_CHECKING:
+    from ..bundle.parts import BundleParts
 
 TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where JetPack installs it
 RUNTIME_DIR = "esta_runtime"               # the runtime package, shipped next to build_engines.py
@@ -293,6 +296,100 @@ class TensorRTBackend(Backend):
         return _TrtRunner(runner, meta)
 
 
+    # ---- bundling (bundle/writer.py): ONNX graphs + engines built on the device ---------------
+    def bundle_artifact(self, parts: BundleParts, sid: int, art: dict[str, Any]) -> dict[str, Any]:
+        """The stitch's ONNX graph (the engine is built from it), and its engine: copied when
+        compile built it (with its build record), else to be built on the device."""
+        fields = super().bundle_artifact(parts, sid, art)
+        if fields["artifact"]["format"] != "onnx" or not art["path"].endswith(".plan"):
+            return fields
+        engine = {"path": f"engines/stitch_{sid:03d}.plan", "built": False}
+        src = parts.compiled_dir / art["path"]
+        meta = src.with_name(src.name + ".json")
+        if art.get("built") and src.is_file() and meta.is_file():
+            (parts.root / "engines").mkdir(exist_ok=True)
+            shutil.copy2(src, parts.root / engine["path"])
+            shutil.copy2(meta, parts.root / (engine["path"] + ".json"))
+            engine["built"] = True
+        return {**fields, "engine": engine}
+
+    def bundle_device_build(self, parts: BundleParts) -> dict[str, Any]:
+        """Ship compile's build kit, re-pointed at the bundle's graphs (models/), so
+        ``python3 build_engines.py kit.json`` works from the bundle root; the manifest's
+        ``target.tensorrt`` says what the device must be."""
+        root, compiled, compiled_dir = parts.root, parts.compiled, parts.compiled_dir
+        kit_path = compiled_dir / "kit.json"
+        kit = json.loads(kit_path.read_text()) if kit_path.is_file() else {}
+        by_id = {int(p["id"]): p for p in kit.get("plans", []) if "id" in p}
+        plans = []
+        for sid in parts.include:
+            p = dict(by_id.get(sid) or {})
+            if not p:
+                continue
+            p["onnx"] = f"models/stitch_{sid:03d}.onnx"
+            p["engine"] = f"engines/stitch_{sid:03d}.plan"
+            p["layer_info"] = f"engines/stitch_{sid:03d}.layers.json"
+            p["timing_cache"] = TIMING_CACHE
+            p["onnx_sha256"] = sha256_file(root / p["onnx"])
+            # A weight-stripped engine is refitted from the graph above, whose initializers point
+            # into the bundle's one shared weights file; by name from its index where the parser
+            # cannot.
+            p["shared_weights"] = {"index": "models/weights.json", "file": "models/weights.bin"}
+            plans.append(p)
+        if kit:
+            kit.update(plans=plans, timing_cache=TIMING_CACHE)
+            # build_engines.py validates every engine it builds against the fp32 reference with
+            # the target's gates: ship both (the kit in the compile folder finds them next to it).
+            kit["thresholds"] = parts.target_spec.get("validation")
+            kit["reference"] = parts.write_device_reference()
+            atomic_write_json(root / "kit.json", kit)
+            lines = ["#!/bin/sh", "# Run on the target device, from this folder.", "set -e",
+                     "mkdir -p engines"]
+            lines += [shlex.join(trtexec_command(p, f"engines/stitch_{p['id']:03d}.times.json"))
+                      for p in plans]
+            atomic_write_text(root / "trtexec.sh", "\n".join(lines) + "\n")
+        for rel in ("build_engines.py", "README_DEVICE.md", *(compiled.get("build_kit") or [])):
+            if (compiled_dir / rel).is_file() and rel not in ("kit.json", "trtexec.sh"):
+                shutil.copy2(compiled_dir / rel, root / Path(rel).name)
+        if (root / "README_DEVICE.md").is_file():
+            atomic_write_text(root / "README_DEVICE.md",
+                              (root / "README_DEVICE.md").read_text() + _DEVICE_README_BUNDLE)
+        if (compiled_dir / TIMING_CACHE).is_file():
+            shutil.copy2(compiled_dir / TIMING_CACHE, root / TIMING_CACHE)
+        runtime = compiled.get("runtime") or {}
+        version = kit.get("tensorrt_planned") or (runtime.get("tensorrt") if isinstance(runtime, dict) else None)
+        if not version and isinstance(runtime, dict) and runtime.get("runtime") == "tensorrt":
+            version = runtime.get("version")
+        device = parts.target_spec.get("device") or {}
+        # What the device must be: compared with the runtime's fingerprint by TensorRT release,
+        # compute capability and module family (tensorrt.device.expectation_problems); "gpu" is
+        # the target's name for people, never compared with the CUDA device name.
+        return {"tensorrt": {
+            "version": version, "gpu": kit.get("device") or compiled.get("gpu"),
+            "compute_capability": device.get("compute_capability"),
+            "module": kit.get("module"), "jetpack": kit.get("jetpack"), "l4t": kit.get("l4t"),
+            "engines": {str(p["id"]): {"weights": p.get("weights", "full"),
+                                       "why_full": p.get("weights_full_reason")} for p in plans},
+            "kit": "kit.json" if kit else None, "timing_cache": TIMING_CACHE,
+            "note": "engines are built on the device (python3 build_engines.py kit.json); a plan "
+                    "built for another TensorRT version or GPU is refused "
+                    "(esta_runtime.tensorrt.check)"}}
+
+    def bundle_readme(self, manifest: dict[str, Any]) -> dict[str, str]:
+        trt = (manifest.get("target") or {}).get("tensorrt")
+        if not trt:
+            return {}
+        return {"device_build": (
+            f"\n## TensorRT engines (built on the device)\nThe ONNX graphs are in `models/`. Build "
+            f"the engines into `engines/` with `python3 build_engines.py kit.json` (or `sh trtexec.sh`) "
+            f"on the device. Planned for TensorRT {trt.get('version')} on {trt.get('gpu')}; timing "
+            f"cache `{trt.get('timing_cache')}`. A plan built for another TensorRT version or GPU is "
+            f"refused (`esta_runtime.tensorrt.check`), and so is one that failed validation "
+            f"against `reference.npz` (see README_DEVICE.md). Once they are built and valid, "
+            f"`app.py` and `profile_device.py` run the engines; until then `app.py` runs the "
+            f"ONNX graphs with ONNX Runtime (and says so) and `profile_device.py` refuses. "
+            f"Not verified on hardware.\n")}
+
 class _TrtRunner(Runner):
     def __init__(self, inner, meta: dict) -> None:
         self.inner, self.info = inner, {"engine": meta.get("key"), "layers": meta.get("layers")}
@@ -336,4 +433,19 @@ Stitches: {n}
 
 `layers.json` per stitch lists which layers landed on the DLA (DLA targets): ViT attention and
 norms fall back to the GPU.
+"""
+
+
+_DEVICE_README_BUNDLE = """
+## In this bundle
+`python3 build_engines.py kit.json` builds each engine into `engines/`, then runs it on
+`reference.npz` (the compile stage's reference inputs and fp32 logits) and applies the target's
+gates (`thresholds` in kit.json: fp16 = worst-sample cosine + top-1 agreement; int8 = top-1
+agreement). Each verdict goes into `engines/stitch_<id>.plan.json` and all of them into
+`validation.json`; an engine that fails is reported and never used. `--check` re-validates.
+Only then do `app.py` (the runtime's `engine="auto"`) and `profile_device.py` run the engines;
+`profile_device.py` refuses (exit 2) while an engine is missing, stale or invalid, and its records
+say runtime "tensorrt", the GPU, and that host<->device copies are included in each timing.
+Until the engines are ready, `app.py` runs the ONNX graphs with ONNX Runtime and says so.
+None of this has been verified on hardware.
 """

@@ -26,7 +26,11 @@ from ..runtime.integrity import sha256_file
 from ..runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, check_manifest, load_manifest
 
 __all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "check_manifest", "load_manifest", "file_table",
-           "input_spec"]
+           "input_spec", "DEVICE_BUILD_FIELDS"]
+
+# ``target`` fields a backend whose engines are built on the device fills in (its
+# ``bundle_device_build`` hook); null in every other bundle.
+DEVICE_BUILD_FIELDS = {"tensorrt": None}
 
 
 def file_table(root: Path) -> list[dict]:
