@@ -20,7 +20,6 @@ from typing import Iterable
 
 import numpy as np
 
-from .backends import BACKENDS
 from .errors import BundleError, IntegrityError, NoStitchFitsError
 from .integrity import resolve_inside, sha256_file, verify_all
 from .manifest import load_manifest
@@ -141,69 +140,10 @@ class Bundle:
         return b
 
     def _choose_engine(self, engine: str) -> None:
-        from .tensorrt.check import EnginesNotReadyError, ready_engines
+        """The engine that runs the stitches (runtime/engines.py, the one table of engines)."""
+        from .engines import choose
 
-        if engine not in ("auto", "onnxruntime", "tensorrt", "openvino"):
-            raise BundleError(f"engine={engine!r} is not 'auto', 'onnxruntime', 'openvino' or 'tensorrt'")
-        self.engine, self.engine_note, self._engines = "onnxruntime", None, {}
-        if self._choose_openvino(engine):
-            return
-        spec = BACKENDS.get((self.manifest.get("target") or {}).get("backend"))
-        is_trt = spec is not None and spec.bundle_runtime == "tensorrt"   # the table of backends
-        if engine == "onnxruntime" or (engine == "auto" and not is_trt):
-            if is_trt:
-                self.engine_note = ("TensorRT bundle run with ONNX Runtime on request: not the engines "
-                                    "the latencies were measured with")
-            return
-        if not is_trt:
-            raise BundleError("engine='tensorrt' needs a TensorRT bundle; this one is for "
-                              f"{(self.manifest.get('target') or {}).get('backend')}",
-                              hint="open it with engine='auto' or 'onnxruntime'")
-        try:
-            self._engines = ready_engines(self.root, self.manifest, list(self._entries))
-        except EnginesNotReadyError as err:
-            if engine == "tensorrt":
-                raise
-            self.engine_note = (f"TensorRT bundle running its ONNX graphs with ONNX Runtime, not its TensorRT "
-                                f"engines: {err.message}")
-            return
-        self.engine = "tensorrt"
-
-    def _choose_openvino(self, engine: str) -> bool:
-        """OpenVINO IR bundles run with OpenVINO (the manifest says which artifacts are IR)."""
-        formats = {(e.get("artifact") or {}).get("format", "onnx") for e in self._entries.values()}
-        is_ov = "openvino-ir" in formats
-        if engine == "openvino" and not is_ov:
-            raise BundleError("engine='openvino' needs an OpenVINO bundle; this one holds "
-                              f"{', '.join(sorted(formats))} artifacts", hint="open it with engine='auto'")
-        if not is_ov:
-            return False
-        if engine not in ("auto", "openvino"):
-            raise BundleError(f"this bundle's stitches are OpenVINO IR; engine={engine!r} cannot run them",
-                              hint="open it with engine='auto' or 'openvino'")
-        from .ov_engine import _core
-
-        _core()  # one clear line now if openvino is missing, not at the first load
-        self.engine = "openvino"
-        return True
-
-    def _create_openvino_session(self, entry: dict):
-        from .ov_engine import OpenVinoSession
-
-        art = entry["artifact"]
-        xml = resolve_inside(self.root, art["path"])
-        if not xml.is_file() or sha256_file(xml) != art.get("sha256"):
-            raise IntegrityError(f"bundle file {art['path']} (stitch {entry['id']}) does not match the "
-                                 "validated artifact's sha256", hint="re-copy the bundle")
-        weights = resolve_inside(self.root, art.get("weights") or "")
-        if not self._files_verified and weights not in self._checked_files:  # else hashed at open
-            files = {f.get("path"): f.get("sha256") for f in self.manifest.get("files", [])
-                     if isinstance(f, dict)}
-            if not weights.is_file() or sha256_file(weights) != files.get(art.get("weights")):
-                raise IntegrityError(f"bundle file {art.get('weights')} does not match the manifest's sha256",
-                                     hint="re-copy the bundle")
-            self._checked_files.add(weights)
-        return OpenVinoSession(xml, weights, art.get("openvino") or {}, threads=self.threads)
+        self.engine, self.engine_note, self._engines = choose(self, engine)
 
     # -- stitches ----------------------------------------------------------------------------
     def _stitch(self, entry: dict) -> Stitch:
@@ -294,12 +234,12 @@ class Bundle:
             self.int8_checks[int(entry["id"])] = verdict
 
     def _create_session(self, entry: dict):
-        if self.engine == "tensorrt":
-            from .tensorrt.session import open_session
+        from .engines import ENGINES
 
-            return open_session(self.root, self._engines[int(entry["id"])])
-        if self.engine == "openvino":
-            return self._create_openvino_session(entry)
+        return ENGINES[self.engine].open_session(self, entry)
+
+    def _create_ort_session(self, entry: dict):
+        """The stitch's ONNX graph in an ONNX Runtime session, its shared weights in place."""
         art = entry["artifact"]
         if art.get("format", "onnx") != "onnx":
             raise BundleError(f"stitch {entry['id']} is a {art['format']} artifact; this runtime runs "
@@ -410,17 +350,19 @@ class Bundle:
         return None
 
     def engine_status(self, found: dict | None = None) -> dict[int, str]:
-        """TensorRT bundles: per stitch "ok" or the one line saying why its engine is not used here
-        (the check the runtime makes before running engines, see ``tensorrt.check``).
+        """Bundles whose engines are built on the device: per stitch "ok" or the one line saying
+        why its engine is not used here (the check the engine makes before running them); {} for
+        bundles without such engines.
 
-        ``found`` is this device's fingerprint (``tensorrt.device.fingerprint``); read by default.
+        ``found`` is this device's fingerprint (TensorRT: ``tensorrt.device.fingerprint``); read
+        by default.
         """
-        from .tensorrt.check import engine_problems
+        from .engines import ENGINES
 
-        if not any(e.get("engine") for e in self._entries.values()):
-            return {}
-        ready, problems = engine_problems(self.root, self.manifest, list(self._entries), fp=found)
-        return {sid: "ok" if sid in ready else problems[sid] for sid in sorted(self._entries)}
+        for eng in ENGINES.values():
+            if eng.name != "onnxruntime" and eng.is_native(self):
+                return eng.status(self, found)
+        return {}
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         return _preprocess(image, self.input_spec)
