@@ -28,7 +28,7 @@ import fcntl
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -578,6 +578,7 @@ class ProfileRecords:
     path: Path
     latest: dict[str, dict[str, Any]]
     warnings: list[str]
+    every: list[dict[str, Any]] = field(default_factory=list)   # all usable ones, oldest first
 
 
 def read_profile_records(path: str | os.PathLike, target: str | None = None,
@@ -587,6 +588,7 @@ def read_profile_records(path: str | os.PathLike, target: str | None = None,
 
     store = ProfileStore(path)
     latest: dict[str, dict[str, Any]] = {}
+    every: list[dict[str, Any]] = []
     skipped: list[str] = []
     for n, rec in enumerate(store.records()):
         if not rec.get("measured", True):
@@ -601,7 +603,8 @@ def read_profile_records(path: str | os.PathLike, target: str | None = None,
                            f"{rec.get('stitch_id')!r}: {why}; profile it again")
             continue
         latest[rec["artifact_sha256"]] = rec
-    return ProfileRecords(store.path, latest, store.warnings + skipped)
+        every.append(rec)
+    return ProfileRecords(store.path, latest, store.warnings + skipped, every)
 
 
 # ---- predictions (written by profile, read by select) ---------------------------------------

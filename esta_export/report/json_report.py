@@ -55,9 +55,8 @@ def _fleet_spread(sel: dict[str, Any]) -> dict[str, Any] | None:
     if not store or not Path(store).is_file():
         return None
     from ..profiling.fleet import board_spread
-    from ..profiling.store import ProfileStore
 
-    return board_spread(ProfileStore(store).records())
+    return board_spread(stages.read_profile_records(store, sel.get("target")).every)
 
 
 def _once(paths: list[Path]) -> list[Path]:
