@@ -20,7 +20,6 @@ twice). The device needs Python, numpy and its runtime only (no torch, no esta-e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError
+from .fsutil import sha256_bytes
+from .runtime.backends import BACKENDS
 from .stages import Layout
 
-RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "onnxruntime"}
-INSTALL_HINT = {"onnxruntime": "pip install numpy onnxruntime", "openvino": "pip install numpy openvino",
-                "tensorrt": "JetPack's python3-libnvinfer + pip install numpy onnxruntime cuda-python"}
 
 
 @dataclass
@@ -55,8 +53,14 @@ class DeviceResult:
     steps: dict[str, str] = field(default_factory=dict)  # step -> "done", "reused", "skipped"
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+_sha = sha256_bytes   # (one hashing helper: fsutil)
+
+
+def _gate_engine(backend: str | None) -> str:
+    """The engine the device's validate step runs: the device-built engines where the table of
+    backends says they are built there, else whatever the bundle runtime picks."""
+    spec = BACKENDS.get(backend or "")
+    return spec.bundle_runtime if spec is not None and spec.built_on_device else "auto"
 
 
 def _local_hashes(root: Path) -> dict[str, str]:
@@ -97,7 +101,7 @@ def stage_device_files(out: Path, target, compiled_dir: Path) -> tuple[Path, dic
         atomic_write_json(stage / "gates.json", {
             "precision": compiled.get("precision"),
             "thresholds": (compiled.get("target_spec") or {}).get("validation"),
-            "engine": "tensorrt" if backend == "tensorrt" else "auto", "target": target.name})
+            "engine": _gate_engine(backend), "target": target.name})
         key_file.write_text(source_key)
     manifest = json.loads((stage / "bundle" / "manifest.json").read_text())
     return stage, manifest
@@ -154,19 +158,21 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
             return dev.run(line, name, fix=fix)
 
         # check: numpy and the runtime import with the device's Python (the clearest first failure)
-        module = RUNTIME_MODULES.get(backend, backend)
+        table = BACKENDS.get(backend)
+        module = (table.device_module if table else "") or backend
+        install = table.device_install if table else ""
         probe = (f"import sys, numpy, {module}; print(sys.version.split()[0], numpy.__version__, "
                  f"{module}.__version__)")
         try:
             versions = dev.run(f"{py} -c {shlex.quote(probe)}", "check",
-                               fix=f"install them for {spec.python} on the device: {INSTALL_HINT.get(backend, '')}")
+                               fix=f"install them for {spec.python} on the device: {install}")
         except Exception as err:
             if "ModuleNotFoundError" in str(err) or "No module named" in str(err):
                 from .errors import RemoteError
 
                 missing = str(err).split("No module named", 1)[-1].split(";")[0].strip(" '\"")
                 raise RemoteError(f"device {spec.address}, step check: {spec.python} has no module {missing!r}",
-                                  hint=f"fix: install it there ({INSTALL_HINT.get(backend, 'pip install ' + missing)}) "
+                                  hint=f"fix: install it there ({install or 'pip install ' + missing}) "
                                        f"or pass --device-python PATH") from None
             raise
         note(f"device {spec.address}: python, numpy, {module} {versions.decode(errors='replace').split()[-1:]}"
@@ -182,7 +188,7 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
              f"{len(local) - len(send)} already there" + (f" (sent: {', '.join(send)})" if 0 < len(send) <= 3 else ""))
 
         # build-engines (TensorRT): on the device, then the plans and verdicts come back
-        if manifest["target"].get("device_build_required") or backend == "tensorrt":
+        if manifest["target"].get("device_build_required") or (table is not None and table.built_on_device):
             step("build-engines", files_key, ["python3", "build_engines.py", "kit.json"],
                  fix="the device needs TensorRT's Python bindings and cuda-python (JetPack: apt install "
                      "python3-libnvinfer; pip install cuda-python); see README_DEVICE.md in the bundle. "

@@ -27,6 +27,10 @@ class BackendSpec:
     built_on_device: bool          # engines can only be built on the device that runs them
     bundle_runtime: str            # the runtime engine that runs its artifacts in a bundle
     version_fallback: str | None = None   # dotted callable in the package when __version__ is absent
+    # The device loop (device_loop.py): the module the device's Python must import before the
+    # bundle's steps run (the runtime that validates and times it there), and how to install it.
+    device_module: str = ""
+    device_install: str = ""
 
     def installed(self) -> bool:
         """Whether the runtime package is importable here (found without importing it)."""
@@ -53,14 +57,19 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
     BackendSpec("onnxruntime", module="onnxruntime", package="onnxruntime", pip="onnxruntime",
                 precisions=("fp32", "int8"), artifact_format="onnx", built_on_device=False,
-                bundle_runtime="onnxruntime"),
+                bundle_runtime="onnxruntime", device_module="onnxruntime",
+                device_install="pip install numpy onnxruntime"),
     BackendSpec("openvino", module="openvino", package="openvino", pip="openvino",
                 precisions=("fp32", "fp16", "bf16", "int8"), artifact_format="openvino-ir",
                 built_on_device=False, bundle_runtime="openvino",
-                version_fallback="runtime.get_version"),
+                version_fallback="runtime.get_version", device_module="openvino",
+                device_install="pip install numpy openvino"),
     BackendSpec("tensorrt", module="tensorrt", package="tensorrt", pip="tensorrt",
                 precisions=("fp32", "fp16", "int8"), artifact_format="tensorrt-plan",
-                built_on_device=True, bundle_runtime="tensorrt"),
+                built_on_device=True, bundle_runtime="tensorrt",
+                # the graphs run on ONNX Runtime until the engines are built and valid
+                device_module="onnxruntime",
+                device_install="JetPack's python3-libnvinfer + pip install numpy onnxruntime cuda-python"),
 )}
 
 # Packages the fingerprint records besides the backends' runtimes.
