@@ -76,7 +76,7 @@ def stage_device_files(out: Path, target, compiled_dir: Path) -> tuple[Path, dic
 
     Rewritten only when the export or compile summary changed (the bundle's bytes follow from
     them), so a resumed run compares the same files with the device."""
-    from .bundle.parts import write_device_reference as _write_device_reference
+    from .bundle.parts import write_device_reference
     from .bundle.writer import write_bundle
     from .fsutil import atomic_write_json, read_json
 
@@ -94,7 +94,7 @@ def stage_device_files(out: Path, target, compiled_dir: Path) -> tuple[Path, dic
             mpath.write_bytes(before)  # same bundle: keep the bytes the device already holds
         compiled = json.loads(comp_bytes)
         ids = [int(s["id"]) for s in read_json(stage / "bundle" / "manifest.json", "bundle manifest")["stitches"]]
-        if _write_device_reference(stage, compiled, compiled_dir, ids) is None:
+        if write_device_reference(stage, compiled, compiled_dir, ids) is None:
             raise InputError(f"{compiled_dir} has no reference.npz to validate on the device",
                              hint="re-run compile --fresh (it writes the reference inputs and fp32 logits)")
         backend = compiled.get("backend")

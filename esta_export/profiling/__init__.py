@@ -6,4 +6,4 @@ light so command modules can reference it without pulling numpy-heavy code at CL
 
 from __future__ import annotations
 
-__all__ = ["harness", "environment", "store", "memory", "compiled"]
+__all__ = ["harness", "environment", "store", "memory", "record", "compiled"]
