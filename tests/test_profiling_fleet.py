@@ -81,15 +81,21 @@ def test_profile_ray_without_a_cluster_is_one_line(compiled):
 
 
 def test_report_shows_the_spread_between_boards(tmp_path):
-    from esta_export.profiling.store import ProfileStore
+    """Read through the checked profile-store reader: other targets' and refused records are left out."""
+    from esta_export.profiling.store import SCHEMA, SCHEMA_VERSION, ProfileStore
     from esta_export.report.json_report import _fleet_spread
 
+    def rec(board: str, ms: float, target: str = "cpu", sha: str = "a" * 64) -> dict:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "stitch_id": 0,
+                "artifact_sha256": sha, "target": target, "batch": 1, "board": board,
+                "fleet": {"role": "common"}, "latency_ms": {"median": ms}, "measured": True}
+
     store = ProfileStore(tmp_path / "cpu.jsonl")
-    store.append([{"stitch_id": s, "board": b, "fleet": {"role": "common"}, "latency_ms": {"median": ms}}
-                  for s, b, ms in [(0, "b1", 1.0), (0, "b2", 1.5)]])
-    spread = _fleet_spread({"store": str(store.path)})
+    store.append([rec("b1", 1.0), rec("b2", 1.5), rec("b3", 9.0, target="other"),
+                  rec("b3", -1.0)])   # another target's board, and a record the check refuses
+    spread = _fleet_spread({"store": str(store.path), "target": "cpu"})
     assert spread["boards"] == ["b1", "b2"] and spread["max_spread"] == pytest.approx(0.5)
-    assert _fleet_spread({"store": str(tmp_path / "none.jsonl")}) is None
+    assert _fleet_spread({"store": str(tmp_path / "none.jsonl"), "target": "cpu"}) is None
 
 
 @pytest.fixture(scope="module")

@@ -86,20 +86,3 @@ def test_cli_errors_are_one_line_exit_2(out: Path, tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.count("esta-export: error:") == 3
-
-
-def test_fleet_spread_reads_the_store_through_the_checked_reader(tmp_path: Path) -> None:
-    from esta_export.profiling.store import SCHEMA, SCHEMA_VERSION, ProfileStore
-    from esta_export.report.json_report import _fleet_spread
-
-    def rec(board: str, ms: float, target: str = "cpu", sha: str = "a" * 64) -> dict:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "stitch_id": 0,
-                "artifact_sha256": sha, "target": target, "batch": 1, "board": board,
-                "fleet": {"role": "common"}, "latency_ms": {"median": ms}, "measured": True}
-
-    store = ProfileStore(tmp_path / "cpu.jsonl")
-    store.append([rec("b1", 1.0), rec("b2", 1.5), rec("b3", 9.0, target="other"),
-                  rec("b3", -1.0)])   # another target's board, and a record the check refuses
-    spread = _fleet_spread({"store": str(store.path), "target": "cpu"})
-    assert spread["boards"] == ["b1", "b2"] and spread["max_spread"] == pytest.approx(0.5)
-    assert _fleet_spread({"store": str(tmp_path / "none.jsonl"), "target": "cpu"}) is None
