@@ -14,7 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -194,17 +194,23 @@ def _session_for(compiled_dir: Path, target: Any, store: ProfileStore, proto: Ti
 
 def _profile_batch(run: _Run, ctx: MeasureContext, rows: list[dict], budget: int | None,
                    *, persist: bool) -> None:
-    """One batch size: reuse what the store holds, time the first set (all, or ``budget`` of
-    them chosen by the predictor's design), then time every stitch on the predicted front."""
-    from ..predict import choose_profile_subset
-
+    """One batch size: reuse what the store holds, then measure_to_front's rounds on this machine."""
     known = {} if run.fresh else _cached(run.store, rows, ctx)
     run.result.cached.update(known)
-    todo = [r["id"] for r in rows if r["id"] not in known]
-    first = (choose_profile_subset(rows, budget, already=list(known))
-             if budget is not None and len(todo) > budget else todo)
-    known.update(_measure(run, ctx, first, {}))
-    _front_rounds(run, ctx, rows, known, persist=persist)
+
+    def measure(ids: list[Hashable], predicted: dict[Hashable, float]) -> dict[Hashable, dict]:
+        if predicted:
+            run.say("front", 0.0, f"timing {len(ids)} predicted-front stitches")
+        return _measure(run, ctx, ids, predicted)
+
+    rounds = measure_to_front(rows, known, budget, measure)
+    run.result.warnings += rounds.warnings
+    if rounds.model is not None:
+        run.result.predicted.update(rounds.predicted)
+        run.result.predictor = {**rounds.predictor, "batch": ctx.batch}
+        if persist:
+            persist_predictions(run.store.path, ctx.target.name, ctx.batch, run.by_id, known,
+                                rounds.predicted, rounds.model, run.result.predictor)
 
 
 def _cached(store: ProfileStore, rows: list[dict], ctx: MeasureContext) -> dict[Hashable, dict]:
@@ -216,36 +222,57 @@ def _cached(store: ProfileStore, rows: list[dict], ctx: MeasureContext) -> dict[
     return known
 
 
-def _front_rounds(run: _Run, ctx: MeasureContext, rows: list[dict],
-                  known: dict[Hashable, dict], *, persist: bool) -> None:
-    """Predict the unmeasured; time for real every predicted stitch on the predicted front,
-    until the front holds only measured stitches (at most MAX_FRONT_ROUNDS rounds)."""
-    from ..predict import LatencyModel, leave_one_out
+@dataclass
+class FrontRounds:
+    """What :func:`measure_to_front` leaves: the predictions of the stitches never timed."""
+    predicted: dict[Hashable, float] = field(default_factory=dict)
+    predictor: dict[str, Any] | None = None   # the fit and its leave-one-out error
+    model: Any = None
+    rounds: list[list[Hashable]] = field(default_factory=list)   # the ids timed, round by round
+    warnings: list[str] = field(default_factory=list)
 
-    result = run.result
+
+def measure_to_front(rows: list[dict[str, Any]], known: dict[Hashable, dict[str, Any]],
+                     budget: int | None,
+                     measure: Callable[[list[Hashable], dict[Hashable, float]], dict[Hashable, dict[str, Any]]]
+                     ) -> FrontRounds:
+    """``--profile-budget``'s rounds, wherever the timing runs (here, or on a device over SSH).
+
+    Time ``budget`` of the stitches not in ``known`` (all of them when ``budget`` is None),
+    chosen by the predictor's design; fit the latency model on every record, predict the rest,
+    and time for real every stitch on the predicted Pareto front until the front holds only
+    measured stitches (at most MAX_FRONT_ROUNDS rounds). ``measure(ids, predicted_ms)`` returns
+    the new records by id; ``known`` (id -> record) is updated in place, so a stitch is never
+    timed twice."""
+    from ..predict import LatencyModel, choose_profile_subset, leave_one_out
+
+    by_id = {r["id"]: r for r in rows}
+    out = FrontRounds()
+    todo = [r["id"] for r in rows if r["id"] not in known]
+    first = (choose_profile_subset(rows, budget, already=list(known))
+             if budget is not None and len(todo) > budget else todo)
+    if first:
+        out.rounds.append(list(first))
+        known.update(measure(list(first), {}))
     for _ in range(MAX_FRONT_ROUNDS):
         rest = [r for r in rows if r["id"] not in known]
         if not rest:
-            return
-        train = [run.by_id[i] for i in known]
+            return out
+        train = [by_id[i] for i in known]
         measured_ms = [known[i]["latency_ms"]["median"] for i in known]
         model = LatencyModel.fit(train, measured_ms)
         pred = dict(zip([r["id"] for r in rest], map(float, model.predict(rest))))
         lat = {i: known[i]["latency_ms"]["median"] for i in known} | pred
         todo_front = [i for i in _pareto_ids(rows, lat) if i in pred]
         if not todo_front:
-            result.predicted.update(pred)
-            ev = leave_one_out(train, measured_ms)
-            result.predictor = {"model": model.to_dict(), "leave_one_out": ev.to_dict(),
-                                "batch": ctx.batch}
-            if persist:
-                _persist_predictions(run.store.path, ctx.target.name, ctx.batch, run.by_id, known,
-                                     pred, model, result.predictor)
-            return
-        run.say("front", 0.0, f"timing {len(todo_front)} predicted-front stitches")
-        known.update(_measure(run, ctx, todo_front, pred))
-    result.warnings.append("the predicted Pareto front kept moving; some front stitches "
-                           "may still be predicted (raise --profile-budget)")
+            out.predicted, out.model = pred, model
+            out.predictor = {"model": model.to_dict(), "leave_one_out": leave_one_out(train, measured_ms).to_dict()}
+            return out
+        out.rounds.append(todo_front)
+        known.update(measure(todo_front, pred))
+    out.warnings.append("the predicted Pareto front kept moving; some front stitches "
+                        "may still be predicted (raise --profile-budget)")
+    return out
 
 
 def _measure(run: _Run, ctx: MeasureContext, ids: list[Hashable],
@@ -321,7 +348,7 @@ def _add_front_check(result: ProfileResult) -> None:
             "method": "front stitches predicted, then measured"}
 
 
-def _persist_predictions(store_path: Path, target: str, batch: int,
+def persist_predictions(store_path: Path, target: str, batch: int,
                          by_id: dict[Hashable, dict[str, Any]], known: dict[Hashable, dict[str, Any]],
                          pred: dict[Hashable, float], model: Any, predictor: dict[str, Any]) -> None:
     """Write the fit and its predictions beside the store, keyed by artifact sha256, so select
