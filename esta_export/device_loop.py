@@ -51,6 +51,9 @@ class DeviceResult:
     validation: Path | None = None
     engines: Path | None = None
     steps: dict[str, str] = field(default_factory=dict)  # step -> "done", "reused", "skipped"
+    rounds: list[list[int]] = field(default_factory=list)  # the stitches each profile round timed
+    predicted: dict[int, float] = field(default_factory=dict)  # --profile-budget: never timed
+    removed: list[str] = field(default_factory=list)  # stale files the sync removed on the device
 
 
 _sha = sha256_bytes   # (one hashing helper: fsutil)
@@ -122,8 +125,12 @@ def default_remote_dir(manifest: dict, target_name: str) -> str:
 
 
 def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, runs: int | None = None,
-                  seconds: float | None = None, note: Callable[[str], None] = lambda m: None) -> DeviceResult:
-    """Stage, sync, (build,) validate and profile on the device; bring the results back."""
+                  seconds: float | None = None, budget: int | None = None,
+                  note: Callable[[str], None] = lambda m: None) -> DeviceResult:
+    """Stage, sync, (build,) validate and profile on the device; bring the results back.
+
+    ``budget`` (--profile-budget): the device times that many stitches, then the predicted front
+    (profiling/compiled.py's rounds), each round a resumable device step of its own."""
     from .bundle.remote import Device, _with_env_hash
     from .fsutil import atomic_write_json
     from .profiling.store import ProfileStore
@@ -178,14 +185,17 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
         note(f"device {spec.address}: python, numpy, {module} {versions.decode(errors='replace').split()[-1:]}"
              .replace("['", "").replace("']", ""))
 
-        # sync: send only what the device lacks
+        # sync: remove what the plan no longer ships (runtime/device_files.py), send what the device lacks
         have = dev.hashes(remote)
+        removed = _prune(dev, remote, local, files_key, spec)
         send = [rel for rel, h in local.items() if have.get(rel) != h]
         nbytes = sum((stage / rel).stat().st_size for rel in send)
         dev.push(stage, remote, send)
-        result.steps["sync"] = "done" if send else "reused"
+        result.steps["sync"] = "done" if send or removed else "reused"
+        result.removed = removed
         note(f"sync: {len(send)} files ({nbytes / 1e6:.2f} MB) sent to {spec.address}:{remote}, "
-             f"{len(local) - len(send)} already there" + (f" (sent: {', '.join(send)})" if 0 < len(send) <= 3 else ""))
+             f"{len(local) - len(send)} already there" + (f" (sent: {', '.join(send)})" if 0 < len(send) <= 3 else "")
+             + (f"; {len(removed)} stale files removed there" if removed else ""))
 
         # build-engines (TensorRT): on the device, then the plans and verdicts come back
         if manifest["target"].get("device_build_required") or (table is not None and table.built_on_device):
@@ -194,6 +204,10 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
                      "python3-libnvinfer; pip install cuda-python); see README_DEVICE.md in the bundle. "
                      "Not verified on hardware")
             result.engines = stage.parent / "engines"
+            if result.engines.is_dir():  # what an earlier build brought back must not be shipped again
+                import shutil
+
+                shutil.rmtree(result.engines)
             got = dev.pull(f"{remote}/bundle", ["engines", "validation.json"], result.engines, "fetch")
             result.steps["build-engines"] = "done"
             note(f"build-engines: {len([g for g in got if g.endswith('.plan')])} engines built on the device "
@@ -218,18 +232,21 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
             raise dev.fail("validate", "no stitch passed validation on the device",
                            "see " + str(result.validation))
 
-        # profile: the bundle's on-device profiler, on what passed
-        args = ["--stitches", ",".join(map(str, passed))]
-        if runs:
-            args += ["--runs", str(runs)]
-        if seconds:
-            args += ["--seconds", str(seconds)]
-        prof_key = _sha(f"{files_key} {shlex.join(args)}".encode())[:16]
-        if state.get("profile") == prof_key and store.is_file():
-            result.steps["profile"] = "reused"
-            result.measured = passed
-            note(f"profile: records of {len(passed)} stitches measured on {spec.address} already in {store}")
-        else:
+        # profile: the bundle's on-device profiler, on what passed, in --profile-budget's rounds
+        from .profiling.compiled import persist_predictions, measure_to_front
+        from .stages import read_compiled, stitch_table
+
+        comp, export, _ = read_compiled(compiled_dir)
+        rows = [r for r in stitch_table(comp, export) if r["id"] in set(passed)]
+        extra = (["--runs", str(runs)] if runs else []) + (["--seconds", str(seconds)] if seconds else [])
+        # a round's records are in the store when records carrying its key are (never appended twice)
+        stored = {(r.get("remote") or {}).get("key") for r in ProfileStore(store).records()} if store.is_file() else set()
+        fresh_ids: list[int] = []
+
+        def measure(ids: list, predicted: dict) -> dict:
+            ids = sorted(int(i) for i in ids)
+            args = ["--stitches", ",".join(map(str, ids)), *extra]
+            prof_key = _sha(f"{files_key} {shlex.join(args)}".encode())[:16]
             raw = step("profile", prof_key, ["python3", "profile_device.py", *args],
                        fix=f"run 'cd {remote}/bundle && {spec.python} profile_device.py' there to see why")
             records = []
@@ -238,19 +255,68 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
                     rec = json.loads(line)
                     rec["remote"] = {"device": spec.address, "host": dev.host, "user": dev.user, "port": dev.port,
                                      "remote_dir": remote, "key": prof_key}
+                    if predicted.get(rec.get("stitch_id")) is not None:
+                        rec["predicted_before_ms"] = predicted[rec["stitch_id"]]
                     records.append(_with_env_hash(rec))
-            if sorted(r.get("stitch_id") for r in records) != passed:
-                raise dev.fail("profile", f"the profiler returned {len(records)} records for {len(passed)} stitches",
+            if sorted(r.get("stitch_id") for r in records) != ids:
+                raise dev.fail("profile", f"the profiler returned {len(records)} records for {len(ids)} stitches",
                                f"run 'cd {remote}/bundle && {spec.python} profile_device.py' there to see why")
-            ProfileStore(store).append(records)
-            state["profile"] = prof_key
-            save_state()
-            result.steps["profile"] = "done"
-            result.measured = passed
-            note(f"profile: {len(records)} stitches measured on {spec.address}; records in {store}")
+            if prof_key not in stored:
+                ProfileStore(store).append(records)
+                stored.add(prof_key)
+                fresh_ids.extend(ids)
+            result.rounds.append(ids)
+            return {r["stitch_id"]: r for r in records}
+
+        known: dict = {}
+        rounds = measure_to_front(rows, known, budget, measure)
+        result.measured = sorted(known)
+        result.predicted = dict(rounds.predicted)
+        if rounds.model is not None:
+            batch = next(iter(known.values())).get("batch", 1)
+            persist_predictions(store, target.name, batch, {r["id"]: r for r in rows}, known, rounds.predicted,
+                                 rounds.model, {**rounds.predictor, "batch": batch})
+        state["profile_rounds"] = result.rounds  # what each round timed (resume recomputes the same)
+        save_state()
+        result.steps["profile"] = "done" if fresh_ids else "reused"
+        how = (f" in {len(result.rounds)} rounds (--profile-budget {budget}: "
+               f"{' + '.join(str(len(r)) for r in result.rounds)}), {len(result.predicted)} predicted"
+               if budget is not None else "")
+        if fresh_ids:
+            note(f"profile: {len(fresh_ids)} stitches measured on {spec.address}{how}; records in {store}")
+        else:
+            note(f"profile: records of {len(result.measured)} stitches measured on {spec.address}{how} already in {store}")
+        for w in rounds.warnings:
+            note(f"  warning: {w}")
     state["validate"] = files_key
     save_state()
     return result
+
+
+# Written on the device by its steps (build_engines.py): cleared when the shipped files change.
+DEVICE_OUTPUTS = ["bundle/engines", "bundle/validation.json"]
+DEVICE_CACHES = ["bundle/timing.cache"]  # TensorRT's timing cache: valid across builds, kept
+
+
+def _prune(dev, remote: str, local: dict[str, str], files_key: str, spec: DeviceSpec) -> list[str]:
+    """Remove from the device's work folder what the plan no longer ships (stitches dropped,
+    an older compile's files) and, when the shipped files changed, what its steps made from the
+    old ones. Runs runtime/device_files.py there from its text (standard library only); it
+    refuses any path that leaves the folder, and a folder esta-export did not make."""
+    import tempfile
+
+    from .runtime import device_files
+
+    script = Path(device_files.__file__).read_text()
+    plan = json.dumps({"keep": sorted(local) + DEVICE_CACHES, "outputs": DEVICE_OUTPUTS}).encode()
+    with tempfile.TemporaryFile() as buf:
+        buf.write(plan)
+        buf.seek(0)
+        raw = dev.run(f"{shlex.quote(spec.python)} -c {shlex.quote(script)} --root {shlex.quote(remote)} "
+                      f"--key {files_key}", "sync", stdin=buf,
+                      fix="pass --device-dir naming an empty folder or one esta-export made (it removes "
+                          "stale files there, and nothing outside it)")
+    return list(_last_json(raw, dev, "sync").get("removed", []))
 
 
 def _last_json(raw: bytes, dev, step: str) -> dict[str, Any]:

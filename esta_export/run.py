@@ -234,6 +234,7 @@ def _execute(cfg: RunConfig, loaded: LoadedSupernet, target, out: Path, t0: floa
         from .device_loop import run_on_device
 
         device = run_on_device(out, target, compiled_dir, cfg.device_spec(), runs=cfg.runs, seconds=cfg.seconds,
+                               budget=cfg.profile_budget,
                                note=lambda m: info(m, quiet))
     elif comp.get("device_build_required"):
         bundle = _bundle(out, target.name, cfg, quiet)

@@ -195,3 +195,108 @@ def test_bad_device_address_fails_before_any_work(tmp_path, supernet):
     r = _job([str(supernet), "--target", "cpu", "--out", str(tmp_path / "o"), "--device", "root@h",
               "--identity", str(tmp_path / "nokey")])
     assert r.returncode == 2 and "--identity file not found" in r.stderr
+
+
+def _records(out: Path) -> list[dict]:
+    store = out / "profiles" / "cpu.jsonl"
+    return [json.loads(ln) for ln in store.read_text().splitlines() if ln.strip()] if store.is_file() else []
+
+
+def test_profile_budget_on_the_device_and_a_killed_device_process_resumes(sshd, supernet, device_python,  # noqa: F811
+                                                                           tmp_path):
+    """--profile-budget 2 is honoured on the device: its first round times 2 stitches, later rounds
+    the predicted front (profiling/compiled.py's rounds). The device-side profiler is killed
+    mid-round, as a reboot of the board would; the command stops with one line, and the same
+    command again restarts only that round: the result is complete and nothing is measured twice."""
+    import signal
+    import time
+
+    remote_dir, out = tmp_path / "w", tmp_path / "o"
+    cmd = [str(supernet), "--target", "cpu", "--stitches", STITCHES, "--runs", "3", "--seconds", "2",
+           "--profile-budget", "2", "--out", str(out), *_device_args(sshd, device_python, remote_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "esta_export", *cmd, "-q"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = remote_dir / ".steps" / "profile.pid"
+    deadline = time.monotonic() + 600
+    while not pid_file.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_file.is_file(), proc.communicate()
+    time.sleep(0.5)
+    os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)  # the step's session: wrapper + profiler
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, err[-3000:]
+    lines = [ln for ln in err.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "step profile" in lines[0] and "killed" in lines[0], err
+    assert "Traceback" not in err and _records(out) == []
+
+    again = _job(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sync: 0 files" in again.stderr and "--profile-budget 2" in again.stderr, again.stderr
+    rounds = json.loads((out / "device" / "cpu" / "state.json").read_text())["profile_rounds"]
+    timed = [sid for r in rounds for sid in r]
+    assert len(rounds[0]) == 2                      # the budget, not every stitch
+    assert len(timed) == len(set(timed))            # no stitch in two rounds
+    recs = _records(out)
+    assert sorted(r["stitch_id"] for r in recs) == sorted(timed)  # each timed stitch stored once
+    steps = remote_dir / ".steps"
+    starts = [json.loads(ln)["key"] for ln in (steps / "profile.starts").read_text().splitlines()]
+    assert len(starts) == len(rounds) + 1 and starts[0] == starts[1]  # only the killed round ran again
+    assert len((steps / "validate.starts").read_text().splitlines()) == 1
+    sel = json.loads((out / "select" / "cpu.json").read_text())
+    source = {s["id"]: s["latency_source"] for s in sel["stitches"]}
+    assert all(source[sid] == "measured" for sid in timed)
+    assert all(source[sid] == "predicted" for sid in source if sid not in timed)
+    assert set(sel["front"]) <= set(timed)          # the front holds only measured stitches
+
+    third = _job(cmd)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "already in" in third.stderr
+    assert len(_records(out)) == len(recs)
+    assert len((steps / "profile.starts").read_text().splitlines()) == len(starts)
+
+
+def _device_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")
+            if (p.is_file() or p.is_symlink()) and not any(part.startswith(".") or part == "__pycache__"
+                                                          for part in p.relative_to(root).parts)}
+
+
+def test_sync_removes_stale_files_on_the_device_and_nothing_outside(sshd, supernet, device_python,  # noqa: F811
+                                                                    tmp_path):
+    """Stitches dropped from the plan, an older compile's leftovers and engines built from other
+    files are removed from the device's work folder; a link out of it goes, its target stays;
+    a folder esta-export did not make is refused, untouched."""
+    home, out = tmp_path / "home", tmp_path / "o"
+    remote_dir = home / "work"
+    base = [str(supernet), "--target", "cpu", "--runs", "3", "--seconds", "0.05", "--out", str(out)]
+    first = _job([*base, "--stitches", "0,1,2,3", "-q", *_device_args(sshd, device_python, remote_dir)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    models = remote_dir / "bundle" / "models"
+    assert any("003" in p.name for p in models.iterdir())
+    (models / "stitch_099.onnx").write_text("an older compile's graph")
+    (remote_dir / "bundle" / "engines").mkdir()
+    (remote_dir / "bundle" / "engines" / "stitch_003.plan").write_text("built from other files")
+    precious = home / "precious.txt"
+    precious.write_text("not esta-export's")
+    (remote_dir / "bundle" / "link.txt").symlink_to(precious)
+
+    second = _job([*base, "--stitches", "0,1", *_device_args(sshd, device_python, remote_dir)])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stale files removed there" in second.stderr, second.stderr
+    stage = out / "device" / "cpu" / "stage"
+    assert _device_files(remote_dir) == _device_files(stage)  # exactly what the plan ships, nothing else
+    assert not any(("002" in p.name or "003" in p.name or "099" in p.name) for p in models.iterdir())
+    assert not (remote_dir / "bundle" / "engines").exists()
+    assert precious.read_text() == "not esta-export's"
+    sel = json.loads((out / "select" / "cpu.json").read_text())
+    assert set(sel["selected"]) <= {0, 1}
+
+    # a folder that holds someone else's files: refused before anything is copied, nothing removed
+    mine = tmp_path / "someone"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    r = _job([*base, "--stitches", "0,1", "-q", *_device_args(sshd, device_python, mine)])
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "step sync" in lines[0] and "did not put there" in lines[0], r.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
