@@ -32,25 +32,13 @@ def supernet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def device_python(tmp_path_factory) -> str:
-    """A venv with nothing but numpy and onnxruntime (linked from this environment's installs)."""
-    import numpy
-    import onnxruntime
+    """A venv with nothing but numpy and onnxruntime (tests/fixtures/loopback.py)."""
+    from fixtures.loopback import Unavailable, device_venv
 
-    d = tmp_path_factory.mktemp("devvenv") / "venv"
-    venv.EnvBuilder(with_pip=False, system_site_packages=False, symlinks=True).create(d)
-    py = d / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    for mod in (numpy, onnxruntime):
-        pkg = Path(mod.__file__).parent
-        for p in pkg.parent.iterdir():  # the package, its bundled libraries and its dist-info
-            if p.name == pkg.name or p.name.startswith((f"{pkg.name}.libs", f"{pkg.name}-")):
-                (site / p.name).symlink_to(p)
-    probe = subprocess.run([str(py), "-c", "import numpy, onnxruntime\ntry:\n import torch\nexcept ImportError:\n"
-                            " print('ok')\n"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    if probe.stdout.strip() != "ok":
-        pytest.skip(f"could not build a numpy+onnxruntime-only venv: {probe.stderr.strip()[-300:]}")
-    return str(py)
+    try:
+        return device_venv(tmp_path_factory.mktemp("devvenv") / "venv")
+    except Unavailable as why:
+        pytest.skip(str(why))
 
 
 def _job(args, cwd=None, env_extra=None, timeout=600):
