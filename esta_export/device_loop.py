@@ -54,6 +54,7 @@ class DeviceResult:
     rounds: list[list[int]] = field(default_factory=list)  # the stitches each profile round timed
     predicted: dict[int, float] = field(default_factory=dict)  # --profile-budget: never timed
     removed: list[str] = field(default_factory=list)  # stale files the sync removed on the device
+    timings: dict[str, float] = field(default_factory=dict)  # host-observed seconds per step, this run
 
 
 _sha = sha256_bytes   # (one hashing helper: fsutil)
@@ -135,7 +136,18 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
     from .fsutil import atomic_write_json
     from .profiling.store import ProfileStore
 
+    import time
+
+    timings: dict[str, float] = {}
+    last = [time.perf_counter()]
+
+    def lap(name: str) -> None:  # host-observed seconds per step (bench_device.py reads them)
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - last[0], 4)
+        last[0] = now
+
     stage, manifest = stage_device_files(out, target, compiled_dir)
+    lap("stage")
     backend = (manifest.get("target") or {}).get("backend") or "onnxruntime"
     local = _local_hashes(stage)
     # What the steps below ran on: the bytes shipped (the manifest's own timestamp aside).
@@ -185,6 +197,7 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
         note(f"device {spec.address}: python, numpy, {module} {versions.decode(errors='replace').split()[-1:]}"
              .replace("['", "").replace("']", ""))
 
+        lap("check")
         # sync: remove what the plan no longer ships (runtime/device_files.py), send what the device lacks
         have = dev.hashes(remote)
         removed = _prune(dev, remote, local, files_key, spec)
@@ -197,6 +210,7 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
              f"{len(local) - len(send)} already there" + (f" (sent: {', '.join(send)})" if 0 < len(send) <= 3 else "")
              + (f"; {len(removed)} stale files removed there" if removed else ""))
 
+        lap("sync")
         # build-engines (TensorRT): on the device, then the plans and verdicts come back
         if manifest["target"].get("device_build_required") or (table is not None and table.built_on_device):
             step("build-engines", files_key, ["python3", "build_engines.py", "kit.json"],
@@ -208,8 +222,10 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
                 import shutil
 
                 shutil.rmtree(result.engines)
+            lap("build-engines")
             got = dev.pull(f"{remote}/bundle", ["engines", "validation.json"], result.engines, "fetch")
             result.steps["build-engines"] = "done"
+            lap("fetch")
             note(f"build-engines: {len([g for g in got if g.endswith('.plan')])} engines built on the device "
                  f"and brought back to {result.engines} (not verified on hardware)")
 
@@ -219,6 +235,7 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
                    fix=f"run 'cd {remote}/bundle && {spec.python} -m esta_runtime.check_bundle --bundle . "
                        f"--reference ../reference.npz --gates ../gates.json' there to see why")
         validation = _last_json(raw, dev, "validate")
+        lap("validate")
         verdicts = {int(k): v for k, v in validation.get("stitches", {}).items()}
         result.validation = stage.parent / "validation.json"
         atomic_write_json(result.validation, {"device": spec.address, "key": files_key, **validation})
@@ -249,6 +266,7 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
             prof_key = _sha(f"{files_key} {shlex.join(args)}".encode())[:16]
             raw = step("profile", prof_key, ["python3", "profile_device.py", *args],
                        fix=f"run 'cd {remote}/bundle && {spec.python} profile_device.py' there to see why")
+            lap("profile")
             records = []
             for line in raw.decode(errors="replace").splitlines():
                 if line.startswith("{"):
@@ -266,10 +284,12 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
                 stored.add(prof_key)
                 fresh_ids.extend(ids)
             result.rounds.append(ids)
+            lap("fetch")
             return {r["stitch_id"]: r for r in records}
 
         known: dict = {}
         rounds = measure_to_front(rows, known, budget, measure)
+        lap("predict")
         result.measured = sorted(known)
         result.predicted = dict(rounds.predicted)
         if rounds.model is not None:
@@ -289,6 +309,7 @@ def run_on_device(out: Path, target, compiled_dir: Path, spec: DeviceSpec, *, ru
         for w in rounds.warnings:
             note(f"  warning: {w}")
     state["validate"] = files_key
+    state["timings"] = result.timings = timings
     save_state()
     return result
 
