@@ -8,6 +8,8 @@ epochs, batches and seed for three training modes:
   esta-uniform  ESTA without importance sampling (floor 1.0: uniform draws)
 
     python benchmarks/bench_train.py [--epochs 10] [--pretrain-epochs 25] [--plot docs/train_fronts.png]
+    python benchmarks/bench_train.py --memory-only            # the memory table alone, anchors not pretrained
+    python benchmarks/bench_train.py --scale deit [--batch 8] [--steps 4]   # memory on a DeiT-Ti/S/B-sized family
     python benchmarks/bench_train.py --importance OUT/select/cpu.json --supernet SUPERNET.safetensors
 
 The family: three ViT anchors (widths 64/128/256, depth 6, MLP ratio 2, 32 px in 8 px patches) pretrained here on
@@ -18,10 +20,25 @@ only the rows of layers each stitch runs, the rest never change) and all tensors
 epoch, top-1 of every stitch, and its accuracy-vs-FLOPs front; the fronts are compared at every
 budget (each stitch's FLOPs is a budget: the best top-1 a mode offers within it).
 
-Each mode runs in a fresh process, so its peak memory is its own. Memory: resident set size after
-building and initialising the model (``/proc/self/status`` VmRSS), then the kernel's peak mark is
-reset (``/proc/self/clear_refs`` = 5) and VmHWM read after the last training step (fallback:
-``ru_maxrss``); training memory = peak - that RSS (gradients, optimizer moments, activations).
+Training memory, two views. Tensor accounting (``esta_export.train.memory.StepMemory`` around every
+training step; it only observes): activations = the storages autograd saves for backward in a step
+(``saved_tensors_hooks``, weights' own storages left out), max over steps; gradients of the trainable
+tensors after a step; optimizer state (every tensor in ``optimizer.state``); weights, frozen and
+trainable; and ESTA's step copies (``Trainer.step`` clones every bias table to put the other stitches'
+rows back). training = states (gradients + optimizer) + activations + copies is a sum of parts, an upper
+bound of what a step holds at once (activations are freed during backward while gradients fill in).
+Process view: each mode runs in a fresh process; resident set size after building and initialising the
+model (``/proc/self/status`` VmRSS), then the kernel's peak mark is reset (``/proc/self/clear_refs`` = 5)
+and VmHWM read after the last training step (fallback: ``ru_maxrss``); growth = peak - that RSS. On the
+tiny family it is mostly allocator noise (the two ESTA modes hold identical tensors).
+
+``--memory-only``: the digits family with anchors not pretrained (memory depends on shapes, not on
+weight values), the three modes trained as above, only the memory table. ``--scale deit``: the same
+accounting on DeiT-Ti/S/B-sized anchors (widths 192/384/768, depth 12, heads 3/6/12, 224 px, patch 16,
+random init, ``--classes`` heads) stitched as SN-Net v1 by the package's Supernet, ``--steps`` steps of
+``--batch`` random images per mode through the pure anchors largest first (B, S, Ti, B: the last step is
+the steady state, every anchor's optimizer state present); ESTA (LoRA rank 8) and full fine-tuning only,
+since ESTA uniform differs from ESTA only in which stitch a step draws. Memory only, no accuracy.
 
 ``--importance`` checks ESTA's importance estimate against deployment (issue 15 item 4): the k
 stitches the supernet's training ranks most important vs the k stitches on the measured
@@ -45,9 +62,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from esta_export.profiling.memory import _reset_peak, _status_kb  # noqa: E402  (the profiler's /proc readers)
+from esta_export.train.memory import StepMemory, tensor_bytes  # noqa: E402
 
 MODES = ("esta", "snnet", "esta-uniform")
 WIDTHS, HEADS, DEPTH, MLP, IMAGE, PATCH = (64, 128, 256), (2, 4, 8), 6, 2.0, 32, 8
+DEIT_NAMES, DEIT_WIDTHS, DEIT_HEADS, DEIT_DEPTH = ("Ti", "S", "B"), (192, 384, 768), (3, 6, 12), 12
+MIB = 1024 * 1024
 VAL_SPLIT = 0.2
 
 
@@ -125,8 +145,10 @@ def run_mode(mode: str, anchors: list[str], epochs: int, batch: int, lr: float, 
         rng = np.random.default_rng(seed)
         ids = model.space.ids
 
-        def step(x, y, k):
-            sid = int(rng.choice(ids))
+        def draw():
+            return int(rng.choice(ids))
+
+        def step(x, y, k, sid):
             draws[sid] = draws.get(sid, 0) + 1
             model.train()
             for group in opt.param_groups:
@@ -138,12 +160,15 @@ def run_mode(mode: str, anchors: list[str], epochs: int, batch: int, lr: float, 
         model, _ = prepare(model, data, cfg)            # ESTA tensors; LS init as 'esta-export train' does
         trainer = Trainer(model, cfg)
         params = trainer.groups.all
+        opt = trainer.optimizer
+        draw = trainer.sampler.sample
 
-        def step(x, y, k):
-            trainer.step(x, y, trainer.sampler.sample(), lr=lr_at(k, total, cfg))
+        def step(x, y, k, sid):
+            trainer.step(x, y, sid, lr=lr_at(k, total, cfg))
     trainable = sum(p.numel() for p in params)
     trained = trainable if mode == "snnet" else trained_param_count(model, trainer.groups)
     frozen_total = sum(p.numel() for p in model.parameters())
+    meter = StepMemory(model)
     base = _rss_kib()
     hwm_reset = _reset_peak()
     t0 = time.perf_counter()
@@ -152,7 +177,10 @@ def run_mode(mode: str, anchors: list[str], epochs: int, batch: int, lr: float, 
         perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
         for b in range(steps):
             idx = perm[b * batch:(b + 1) * batch]
-            step(data.x_train[idx], data.y_train[idx], k)
+            sid = draw()
+            with meter.step(tag=sid):                   # observes the saved tensors; changes nothing
+                step(data.x_train[idx], data.y_train[idx], k, sid)
+            meter.observe(params, opt)
             k += 1
     train_s = time.perf_counter() - t0
     peak = _peak_kib() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -160,7 +188,7 @@ def run_mode(mode: str, anchors: list[str], epochs: int, batch: int, lr: float, 
     out = {"mode": mode, "trainable_params": trainable, "trained_params": trained, "total_params": frozen_total, "epochs": epochs,
            "epoch_s": train_s / epochs, "peak_rss_kib": peak, "rss_before_kib": base, "steps": total,
            "memory_method": "VmHWM after clear_refs" if hwm_reset else "ru_maxrss",
-           "lr": full_lr if mode == "snnet" else lr,
+           "lr": full_lr if mode == "snnet" else lr, "tensors": tensor_record(meter, [] if mode == "snnet" else trainer.groups.tables),
            "accuracy": acc, "flops": {str(s.id): stitch_flops(model.spec.anchors, s) for s in model.space.stitches},
            "routes": {str(s.id): model.route(s) for s in model.space.stitches}}
     if mode != "snnet":
@@ -169,6 +197,114 @@ def run_mode(mode: str, anchors: list[str], epochs: int, batch: int, lr: float, 
     else:
         out["draws"] = {str(s): c for s, c in sorted(draws.items())}
     return out
+
+
+def tensor_record(meter: StepMemory, copies: list) -> dict:
+    """The meter's figures plus the step's own copies (ESTA's step clones every bias table to put the other
+    stitches' rows back) and the sums: training memory = states + activations + copies; all = + weights."""
+    r = meter.record()
+    r["step_copies"] = tensor_bytes(copies)
+    r["training"] = r["states"] + r["activations"] + r["step_copies"]
+    r["all"] = r["training"] + r["frozen_weights"] + r["trainable_weights"]
+    return r
+
+
+# -- the same accounting on a DeiT-Ti/S/B-sized family (memory only) ---------------------------------
+def run_deit_mode(mode: str, batch: int, steps: int, classes: int, lora_rank: int, seed: int, threads: int) -> dict:
+    """Random-init DeiT-Ti/S/B anchors (depth 12, 224 px, patch 16) stitched as SN-Net v1 by the package's
+    Supernet; ``steps`` training steps on random images through the pure anchors largest first and round
+    again (B, S, Ti, B, ...: the second B step runs with every anchor's optimizer state in memory, the steady
+    state), the same stitches in every mode. Stitching layers get no gradient in these steps."""
+    import torch
+    import torch.nn.functional as F
+
+    from esta_export.supernet import AnchorConfig, Supernet, SupernetSpec
+    from esta_export.train import TrainConfig, Trainer
+    from esta_export.train.adapt import adapt_supernet, full_finetune_params, trained_param_count
+    from esta_export.train.stitch import SPACE_PARAMS
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfgs = tuple(AnchorConfig(n, w, DEIT_DEPTH, h, patch_size=16, img_size=224, num_classes=classes)
+                 for n, w, h in zip(DEIT_NAMES, DEIT_WIDTHS, DEIT_HEADS))
+    model = Supernet(SupernetSpec(cfgs, "snnet_v1", space_params=dict(SPACE_PARAMS["snnet_v1"])))
+    stitches = model.space.stitches
+    pure = sorted((s for s in stitches if not s.layers), key=lambda s: -s.segments[0].anchor)
+    order = [s.id for s in pure]
+    cfg = TrainConfig(lr=1e-3, lora_rank=lora_rank, seed=seed, quiet=True)
+    copies: list = []
+    if mode == "snnet":
+        params = full_finetune_params(model)
+        opt = torch.optim.Adam(params, lr=1e-4)
+        trained = sum(p.numel() for p in params)
+
+        def step(x, y, sid):
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x, sid), y).backward()
+            opt.step()
+    else:
+        model, _ = adapt_supernet(model, lora=cfg.lora, stitch_lora=cfg.stitch_lora)
+        trainer = Trainer(model, cfg)
+        params, opt, copies = trainer.groups.all, trainer.optimizer, trainer.groups.tables
+        trained = trained_param_count(model, trainer.groups)
+
+        def step(x, y, sid):
+            trainer.step(x, y, sid, lr=cfg.lr)
+    meter = StepMemory(model)
+    g = torch.Generator().manual_seed(seed)
+    base = _rss_kib()
+    hwm_reset = _reset_peak()
+    times = []
+    for k in range(steps):
+        sid = order[k % len(order)]
+        x = torch.randn(batch, 3, 224, 224, generator=g)
+        y = torch.randint(0, classes, (batch,), generator=g)
+        t0 = time.perf_counter()
+        with meter.step(tag=sid):
+            step(x, y, sid)
+        meter.observe(params, opt)
+        times.append(time.perf_counter() - t0)
+    peak = _peak_kib() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mode": mode, "scale": "deit", "batch": batch, "steps": steps, "stitches_run": [order[k % len(order)] for k in range(steps)],
+            "routes": {str(s.id): model.route(s) for s in stitches if s.id in order},
+            "stitching_params": sum(p.numel() for lin in model.stitch_linears() for p in lin.parameters()),
+            "trainable_params": sum(p.numel() for p in params), "trained_params": trained,
+            "total_params": sum(p.numel() for p in model.parameters()), "step_s": times,
+            "peak_rss_kib": peak, "rss_before_kib": base,
+            "memory_method": "VmHWM after clear_refs" if hwm_reset else "ru_maxrss",
+            "tensors": tensor_record(meter, copies)}
+
+
+def print_memory(res: dict[str, dict], modes: list[str]) -> None:
+    """Tensor accounting per mode (MiB) and ESTA / full for each part; the process view last."""
+    cols = [m for m in modes if m in res]
+    print(f"{'training memory (MiB)':<44}" + "".join(f"{m:>14}" for m in cols) + f"{'ESTA/full':>11}")
+
+    def row(name, fn):
+        vals = [fn(res[m]) for m in cols]
+        ratio = f"{fn(res['esta']) / fn(res['snnet']):.3f}" if fn(res["snnet"]) else "-"
+        print(f"{name:<44}" + "".join(f"{v / MIB:>14.2f}" for v in vals) + f"{ratio:>11}")
+
+    t = lambda key: (lambda r: r["tensors"][key])
+    row("weights, frozen", t("frozen_weights"))
+    row("weights, trainable", t("trainable_weights"))
+    row("gradients of trainable tensors", t("grads"))
+    row("optimizer state (Adam moments)", t("optimizer"))
+    row("states = gradients + optimizer", t("states"))
+    row("activations saved for backward (max/step)", t("activations"))
+    row("step copies (ESTA: bias tables put back)", t("step_copies"))
+    row("training = states + activations + copies", t("training"))
+    row("all tensors = training + weights", t("all"))
+    row("process view: peak RSS - RSS after build", lambda r: 1024 * (r["peak_rss_kib"] - r["rss_before_kib"]))
+    print("activations peak at stitch " + ", ".join(f"{m}: {res[m]['tensors']['activations_at']}" for m in cols)
+          + f"; {', '.join(str(res[m]['tensors']['steps']) for m in cols)} steps observed")
+
+
+def _check(proc: subprocess.CompletedProcess, mode: str) -> None:
+    if proc.returncode:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"mode {mode} failed (exit status {proc.returncode}); its stderr is above")
 
 
 # -- fronts -----------------------------------------------------------------------------------------
@@ -248,7 +384,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--pretrain-epochs", type=int, default=25)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 32; 8 with --scale deit)")
+    p.add_argument("--scale", choices=("digits", "deit"), default="digits",
+                   help="deit: tensor accounting of training memory on a DeiT-Ti/S/B-sized family (memory only)")
+    p.add_argument("--steps", type=int, default=4, help="training steps per mode with --scale deit")
+    p.add_argument("--classes", type=int, default=100, help="classes of the heads with --scale deit")
+    p.add_argument("--memory-only", action="store_true",
+                   help="digits family: anchors not pretrained, only the training-memory table (no accuracy)")
     p.add_argument("--lr", type=float, default=1e-3, help="ESTA learning rate")
     p.add_argument("--full-lr", type=float, default=1e-4,
                    help="full fine-tuning learning rate (lower, as SN-Net fine-tunes pretrained anchors)")
@@ -262,6 +404,8 @@ def main() -> int:
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--anchor-files", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.batch is None:
+        a.batch = 8 if a.scale == "deit" else 32
     if a.importance:
         r = importance_check(Path(a.importance), Path(a.supernet))
         print(json.dumps(r, indent=1))
@@ -269,16 +413,23 @@ def main() -> int:
               f"the {len(r['front'])} ESTA ranks most important (share {r['overlap_share']:.2f}; chance "
               f"{r['chance_share']:.2f}; P(overlap >= this | random ranking) = {r['p_value_at_least_this_overlap']:.3f})")
         return 0
+    if a.mode and a.scale == "deit":
+        print(json.dumps(run_deit_mode(a.mode, a.batch, a.steps, a.classes, 8, a.seed, a.threads)))
+        return 0
     if a.mode:
         print(json.dumps(run_mode(a.mode, a.anchor_files.split(","), a.epochs, a.batch, a.lr, a.full_lr, a.seed,
                                   a.threads)))
         return 0
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    if a.scale == "deit":
+        return deit_main(a, load)
     tmp = None if a.anchors else tempfile.TemporaryDirectory(prefix="bench-train-")
     import torch
     torch.set_num_threads(a.threads)     # two threads on two busy cores spin more than they compute
     t0 = time.perf_counter()
+    if a.memory_only and not a.anchors:
+        a.pretrain_epochs = 0                        # memory depends on shapes only, not on weight values
     anchors = pretrain_anchors(Path(a.anchors or tmp.name), a.pretrain_epochs, a.seed, quiet=False)
     print(f"anchors ready [{time.perf_counter() - t0:.0f} s]", flush=True)
     res = {}
@@ -286,9 +437,20 @@ def main() -> int:
         proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--anchor-files", ",".join(map(str, anchors)),
                                "--epochs", str(a.epochs), "--batch", str(a.batch), "--lr", str(a.lr),
                                "--full-lr", str(a.full_lr), "--seed", str(a.seed), "--threads", str(a.threads)],
-                              check=True, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        _check(proc, mode)
         res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"  {mode}: {res[mode]['epoch_s']:.1f} s/epoch [{time.perf_counter() - t0:.0f} s]", flush=True)
+    if a.memory_only:
+        print(f"\nfamily: widths {list(WIDTHS)}, depth {DEPTH}, {a.epochs} epochs of batch {a.batch}, seed {a.seed} "
+              f"(anchors {'given' if a.anchors else 'not pretrained'}); one fresh process per mode")
+        print_memory(res, list(MODES))
+        print(f"load average now {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        if a.json:
+            Path(a.json).write_text(json.dumps({"results": res, "load_start": load}, indent=1))
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     cmp = compare_fronts(res)
     e, f, u = res["esta"], res["snnet"], res["esta-uniform"]
     print(f"\nfamily: widths {list(WIDTHS)}, depth {DEPTH}, {len(e['accuracy'])} stitches (SN-Net v1); digits "
@@ -299,7 +461,7 @@ def main() -> int:
                                       + f"{fn(e) / max(fn(f), 1e-12):>11.3f}")
     row("trained parameters", lambda r: r["trained_params"], lambda v: f"{v:,}")
     row("  (tensors set trainable)", lambda r: r["trainable_params"], lambda v: f"{v:,}")
-    row("training memory (MiB)", lambda r: (r["peak_rss_kib"] - r["rss_before_kib"]) / 1024, lambda v: f"{v:.1f}")
+    row("process RSS growth (MiB)", lambda r: (r["peak_rss_kib"] - r["rss_before_kib"]) / 1024, lambda v: f"{v:.1f}")
     row("wall time / epoch (s)", lambda r: r["epoch_s"], lambda v: f"{v:.2f}")
     row("mean top-1 over budgets", lambda r: cmp["mean_top1"][r["mode"]], lambda v: f"{100 * v:.2f}%")
     row("best stitch top-1", lambda r: max(r["accuracy"].values()), lambda v: f"{100 * v:.2f}%")
@@ -317,8 +479,10 @@ def main() -> int:
     top = sorted(e["importance"], key=lambda i: -e["importance"][i])[:len(fr)]
     print(f"ESTA FLOPs front {fr}; its {len(fr)} most important stitches {sorted(top, key=int)}; overlap "
           f"{len(set(fr) & set(top))}/{len(fr)} (chance {len(fr) / len(e['accuracy']):.2f})")
-    print(f"memory: peak RSS during training ({e['memory_method']}) minus RSS after building the model; one fresh "
-          f"process per mode. load average now {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"process view of memory: peak RSS during training ({e['memory_method']}) minus RSS after building the "
+          f"model; one fresh process per mode. Tensor accounting of the same steps:")
+    print_memory(res, list(MODES))
+    print(f"load average now {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     if a.plot:
         plot(res, cmp, Path(a.plot), f"digits, {len(e['accuracy'])} stitches, {a.epochs} epochs, seed {a.seed}: "
                                      f"best held-out top-1 within each FLOPs budget")
@@ -327,6 +491,34 @@ def main() -> int:
         Path(a.json).write_text(json.dumps({"results": res, "compare": cmp, "load_start": load}, indent=1))
     if tmp is not None:
         tmp.cleanup()
+    return 0
+
+
+def deit_main(a, load) -> int:
+    res = {}
+    t0 = time.perf_counter()
+    for mode in ("esta", "snnet"):            # ESTA uniform differs from ESTA only in which stitch a step draws
+        proc = subprocess.run([sys.executable, __file__, "--scale", "deit", "--mode", mode, "--batch", str(a.batch),
+                               "--steps", str(a.steps), "--classes", str(a.classes), "--seed", str(a.seed),
+                               "--threads", str(a.threads)], capture_output=True, text=True)
+        _check(proc, mode)
+        res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = res[mode]
+        print(f"  {mode}: steps {' '.join(f'{t:.1f}' for t in r['step_s'])} s [{time.perf_counter() - t0:.0f} s]",
+              flush=True)
+    e, f = res["esta"], res["snnet"]
+    print(f"\nfamily: DeiT-Ti/S/B sized (widths {list(DEIT_WIDTHS)}, depth {DEIT_DEPTH}, heads {list(DEIT_HEADS)}, "
+          f"224 px, patch 16, {a.classes} classes, random init), SN-Net v1, stitches run in order: "
+          + ", ".join(f"{sid} ({e['routes'][str(sid)]})" for sid in e["stitches_run"])
+          + f"; batch {a.batch}, {a.steps} steps per mode, ESTA LoRA rank 8, {a.threads} thread(s)")
+    print(f"stitching layers: {f['stitching_params']:,} parameters ({f['stitching_params'] / f['total_params']:.1%} of "
+          f"the full family) get no gradient in these steps; their gradients and moments are not in the figures")
+    print(f"trained parameters: ESTA {e['trained_params']:,} (tensors set trainable {e['trainable_params']:,}), "
+          f"full {f['trained_params']:,}: {e['trained_params'] / f['trained_params']:.3f}")
+    print_memory(res, ["esta", "snnet"])
+    print(f"load average now {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": res, "load_start": load}, indent=1))
     return 0
 
 
