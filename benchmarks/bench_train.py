@@ -406,6 +406,9 @@ def main() -> int:
     a = p.parse_args()
     if a.batch is None:
         a.batch = 8 if a.scale == "deit" else 32
+    for name in ("batch", "steps", "classes", "epochs", "threads"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(a, name)}")
     if a.importance:
         r = importance_check(Path(a.importance), Path(a.supernet))
         print(json.dumps(r, indent=1))
