@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def main() -> int:
 
     sel = json.loads((work / "select" / "cpu.json").read_text())
     cpu = (processor().get("model") or "cpu").split()
-    tag = "-".join(w.lower() for w in cpu[:2] if w.isalnum()) or "cpu"
+    # "Intel(R) Xeon(R) Processor" -> "intel-xeon"; "AMD EPYC 9B14 ..." -> "amd-epyc"
+    words = [re.sub(r"\((R|TM|tm|r)\)", "", w) for w in cpu[:2]]
+    tag = "-".join(w.lower() for w in words if w.isalnum()) or "cpu"
     name = args.name or f"cpu-{tag}-{os.cpu_count()}core-{supernet.stem}"
     dst = ROOT / "profiles" / f"{name}.jsonl"
     shutil.copyfile(work / "profiles" / "cpu.jsonl", dst)
