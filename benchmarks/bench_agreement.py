@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEMO = ROOT / "examples" / "demo" / "digits-esta.safetensors"
+PAIRS = 3
 VAL = ROOT / "examples" / "demo" / "digits-val.npz"
 
 
@@ -95,6 +96,40 @@ def ratio_line(name: str, ours: float, theirs: float, lo: float, hi: float, extr
     return r
 
 
+def reprofile(job: Path, target: str, sid: int) -> dict:
+    """``esta-export profile --fresh --stitches K`` on the main job's compiled folder and store:
+    the product's command and protocol, the session the main job tuned (read back from the store's
+    tune file), a fresh process; returns the new record."""
+    store = job / "profiles" / f"{target}.jsonl"
+    proc = esta("profile", str(job / "compiled" / target), "--target", target, "--store", str(store),
+                "--fresh", "--stitches", str(sid), "--no-memory")
+    if proc.returncode:
+        sys.exit(f"profile of stitch {sid} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return records(store)[sid]
+
+
+def paired(name: str, ours_first: float, measure_ours, measure_ref, pairs: int, lo: float, hi: float,
+           extra: str = "") -> float:
+    """Profiler and reference measured in turn, ``pairs`` times: a shared VM drifts by tens of
+    percent over a minute, so a ratio is only meaningful between measurements taken next to each
+    other. ``ours_first`` (the main job's own record) is printed beside them, not paired. Returns
+    the median of the per-pair ratios."""
+    ratios, ours_all, ref_all = [], [], []
+    for _ in range(pairs):
+        ours = measure_ours()
+        ref = measure_ref()
+        ratios.append(ours / ref)
+        ours_all.append(ours)
+        ref_all.append(ref)
+    r = float(np.median(ratios))
+    ok = "within" if lo <= r <= hi else "OUTSIDE"
+    print(f"   {name:<10} profiler {np.median(ours_all):8.3f} ms  reference {np.median(ref_all):8.3f} ms  "
+          f"median pair ratio {r:5.2f} ({ok} {lo}-{hi}); pairs {', '.join(f'{x:.2f}' for x in ratios)}; "
+          f"main job's record {ours_first:.3f} ms{extra}",
+          flush=True)
+    return r
+
+
 # ---------------------------------------------------------------- (a) ONNX Runtime
 
 
@@ -137,9 +172,13 @@ def part_ort(job: Path, seconds: float) -> dict:
             print(f"   both sides: session {settings}; profiler protocol: blocks of >= "
                   f"{rec['protocol']['block_calls']} calls and {rec['protocol']['block_ms']} ms per "
                   f"visit, {len(recs)} stitches loaded; plain loop: 1 session, {seconds} s")
-        out[art["id"]] = ratio_line(f"stitch {art['id']}", rec["latency_ms"]["median"], med, 0.9, 1.1,
-                                    f"  [profiler 95% CI {rec['latency_ms']['median_ci'][0]:.3f}-"
-                                    f"{rec['latency_ms']['median_ci'][1]:.3f}]")
+        sid, path = int(art["id"]), job / "compiled" / "cpu" / art["path"]
+        out[art["id"]] = paired(
+            f"stitch {sid}", rec["latency_ms"]["median"],
+            lambda: reprofile(job, "cpu", sid)["latency_ms"]["median"],
+            lambda: plain_ort_loop(path, rec["session"], rec["input_shape"], seconds)[0],
+            PAIRS, 0.9, 1.1, f"  [first record's 95% CI {rec['latency_ms']['median_ci'][0]:.3f}-"
+                             f"{rec['latency_ms']['median_ci'][1]:.3f}]")
     print(f"   load {load_avg()}")
     return out
 
@@ -151,14 +190,17 @@ def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: flo
                   report: Path, hint: str = "latency", streams: int | None = None) -> tuple[float, dict]:
     """benchmark_app's median; with explicit threads its UI wants -hint none plus -nstreams."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    if threads:
-        hint = "none"
-    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", hint, "-api", "sync",
-           "-infer_precision", "f32", "-t", str(max(1, round(seconds))), "-shape", f"[{','.join(map(str, shape))}]",
-           "-report_type", "no_counters", "-report_folder", str(report)]
-    if threads:
-        cmd += ["-nthreads", str(threads), "-nstreams", str(streams or 1)]
     report.mkdir(parents=True, exist_ok=True)
+    # The profiler's exact compile config, handed over with -load_config: benchmark_app's own
+    # flags cannot combine a hint with -nthreads/-nstreams, and the hint also sets properties the
+    # flags do not (a THROUGHPUT-hinted model with 1 stream is not the same as '-hint none').
+    config = {"CPU": {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32",
+                      **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {}),
+                      **({"NUM_STREAMS": str(streams)} if streams else {})}}
+    (report / "config.json").write_text(json.dumps(config))
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-api", "sync", "-load_config", str(report / "config.json"),
+           "-t", str(max(1, round(seconds))), "-shape", f"[{','.join(map(str, shape))}]",
+           "-report_type", "no_counters", "-report_folder", str(report)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     text = proc.stdout + proc.stderr
     m = re.search(r"Median:\s*([\d.]+)\s*(ms|us)", text)
@@ -167,7 +209,7 @@ def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: flo
     seen = {k: v for k, v in re.findall(r"\b(NUM_STREAMS|INFERENCE_NUM_THREADS|INFERENCE_PRECISION_HINT|"
                                         r"PERFORMANCE_HINT):\s*(\S+)", text)}
     med = float(m.group(1)) / (1000.0 if m.group(2) == "us" else 1.0)
-    return med, {"command": " ".join(cmd[1:]), **seen}
+    return med, {"command": " ".join(cmd[1:]) + f"  (config {json.dumps(config)})", **seen}
 
 
 def part_openvino(job: Path, seconds: float) -> dict:
@@ -194,12 +236,18 @@ def part_openvino(job: Path, seconds: float) -> dict:
                                                      "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT")}
         del cm
         med, seen = benchmark_app(cdir / art["path"], rec["input_shape"], threads, seconds,
-                                  job / "bench_app" / str(art["id"]), hint.lower(),
+                                  job / "bench_app" / str(art["id"]), hint,
                                   int(ours["NUM_STREAMS"]))
         if not out:
             print(f"   profiler: record session {sess}; compiled with {cfg} -> plugin reports {ours}")
             print(f"   benchmark_app: {seen.pop('command')} -> reports {seen}")
-        out[art["id"]] = ratio_line(f"stitch {art['id']}", rec["latency_ms"]["median"], med, 0.9, 1.1)
+        sid, xml = int(art["id"]), cdir / art["path"]
+        out[art["id"]] = paired(
+            f"stitch {sid}", rec["latency_ms"]["median"],
+            lambda: reprofile(job, "intel-cpu", sid)["latency_ms"]["median"],
+            lambda: benchmark_app(xml, rec["input_shape"], threads, seconds, job / "bench_app" / str(sid),
+                                  hint, int(ours["NUM_STREAMS"]))[0],
+            PAIRS, 0.9, 1.1)
     print(f"   load {load_avg()}")
     return out
 
@@ -288,9 +336,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seconds", type=float, default=3.0, help="reference tools' timed seconds per stitch")
     ap.add_argument("--app-runs", type=int, default=300)
+    ap.add_argument("--pairs", type=int, default=3, help="profiler/reference measured in turn this many times")
     ap.add_argument("--only", default="a,b,c")
     ap.add_argument("--tensorrt", type=Path, metavar="BUNDLE", help="run part (d) on this device")
     args = ap.parse_args()
+    global PAIRS
+    PAIRS = max(1, args.pairs)
     if args.tensorrt:
         return part_tensorrt(args.tensorrt, args.seconds)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-agreement-"))
