@@ -141,3 +141,20 @@ def test_profile_device_times_the_openvino_engine(ov_bundle):
     rec = json.loads(proc.stdout.splitlines()[0])
     assert rec["runtime"] == "openvino" and rec["backend"] == "openvino" and rec["latency_ms"]["median"] > 0
     assert rec["session"]["stitch_0"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_tuned_openvino_session_reaches_the_manifest_and_the_runtime(ov_copy):
+    """The settings an OpenVINO latency was measured with ('profile --tune': threads and hint)
+    are what the bundle runs with; before, the manifest fell back to the target's (ORT-shaped)
+    session and the runtime used the plugin's default threads."""
+    from esta_export.bundle.writer import _session
+
+    tuned = {"threads": 1, "performance_hint": "THROUGHPUT", "source": "tuned"}
+    assert _session({}, {"a": {"session": tuned}, "b": {"session": tuned}}, ["a", "b"]) == tuned
+    m = _manifest(ov_copy)
+    m["session"] = tuned
+    (ov_copy / "manifest.json").write_text(json.dumps(m))
+    with Bundle.open(ov_copy) as b:
+        info = b.load(b.stitches()[0].id).info
+    assert info["config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert info["config"]["INFERENCE_NUM_THREADS"] == "1"

@@ -105,7 +105,8 @@ class OpenVinoEngine(Engine):
                 raise IntegrityError(f"bundle file {art.get('weights')} does not match the manifest's sha256",
                                      hint="re-copy the bundle")
             bundle._checked_files.add(weights)
-        return OpenVinoSession(xml, weights, art.get("openvino") or {}, threads=bundle.threads)
+        return OpenVinoSession(xml, weights, art.get("openvino") or {}, threads=bundle.threads,
+                               performance_hint=(bundle.manifest.get("session") or {}).get("performance_hint"))
 
 
 class TensorRTEngine(Engine):

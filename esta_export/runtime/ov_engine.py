@@ -72,7 +72,9 @@ class OpenVinoSession:
             raise BundleError(f"OpenVINO device {device} is not present here (found: "
                               f"{', '.join(core.available_devices) or 'none'})",
                               hint=f"run the bundle on a machine with the {device} and its driver")
-        config: dict = {"PERFORMANCE_HINT": settings.get("performance_hint") or performance_hint or "LATENCY"}
+        # The hint the latencies were measured with (manifest session: the target's or --tune's
+        # choice) wins over the one recorded at compile time.
+        config: dict = {"PERFORMANCE_HINT": performance_hint or settings.get("performance_hint") or "LATENCY"}
         if settings.get("inference_precision_hint"):
             config["INFERENCE_PRECISION_HINT"] = settings["inference_precision_hint"]
         if threads and device == "CPU":
