@@ -88,14 +88,6 @@ def records(store: Path) -> dict[int, dict]:
     return out
 
 
-def ratio_line(name: str, ours: float, theirs: float, lo: float, hi: float, extra: str = "") -> float:
-    r = ours / theirs
-    ok = "within" if lo <= r <= hi else "OUTSIDE"
-    print(f"   {name:<10} profiler {ours:8.3f} ms  reference {theirs:8.3f} ms  ratio {r:5.2f} "
-          f"({ok} {lo}-{hi}){extra}", flush=True)
-    return r
-
-
 def reprofile(job: Path, target: str, sid: int) -> dict:
     """``esta-export profile --fresh --stitches K`` on the main job's compiled folder and store:
     the product's command and protocol, the session the main job tuned (read back from the store's
@@ -166,9 +158,10 @@ def part_ort(job: Path, seconds: float) -> dict:
         rec = recs.get(int(art["id"]))
         if rec is None:
             continue
-        med, settings = plain_ort_loop(job / "compiled" / "cpu" / art["path"], rec["session"],
-                                       rec["input_shape"], seconds)
         if not out:
+            from esta_export.runtime.session import SessionSettings
+
+            settings = SessionSettings.from_dict(rec["session"]).to_dict()
             print(f"   both sides: session {settings}; profiler protocol: blocks of >= "
                   f"{rec['protocol']['block_calls']} calls and {rec['protocol']['block_ms']} ms per "
                   f"visit, {len(recs)} stitches loaded; plain loop: 1 session, {seconds} s")
@@ -255,9 +248,9 @@ def part_openvino(job: Path, seconds: float) -> dict:
 # ---------------------------------------------------------------- (c) bundle app
 
 
-def part_bundle(job: Path, runs: int) -> dict:
-    print(f"\n(c) bundle app: app.py --stitch K --runs {runs} vs the manifest; load {load_avg()}")
-    bundle = job / "bundle" / "cpu"
+def part_bundle(job: Path, runs: int, target: str = "cpu") -> dict:
+    print(f"\n(c) bundle app ({target}): app.py --stitch K --runs {runs} vs the manifest; load {load_avg()}")
+    bundle = job / "bundle" / target
     manifest = json.loads((bundle / "manifest.json").read_text())
     print(f"   manifest session: {manifest.get('session')}")
     out = {}
@@ -359,7 +352,9 @@ def main() -> int:
     if "b" in parts:
         job = main_job(args.supernet, "intel-cpu", work / "ov", ids, args.val_data)
         results["openvino"] = part_openvino(job, args.seconds)
-    for k in ("onnxruntime", "openvino", "bundle_app"):
+        if "c" in parts:
+            results["bundle_app_openvino"] = part_bundle(job, args.app_runs, "intel-cpu")
+    for k in ("onnxruntime", "openvino", "bundle_app", "bundle_app_openvino"):
         if results.get(k):
             v = list(results[k].values())
             print(f"{k}: median ratio {np.median(v):.2f} (range {min(v):.2f}-{max(v):.2f}, n={len(v)})")
