@@ -81,8 +81,8 @@ def _session(compiled: dict, profiles: dict[str, dict], shas: list[str]) -> dict
     found = [profiles[h]["session"] for h in shas if isinstance((profiles.get(h) or {}).get("session"), dict)]
     if found and all(f == found[0] for f in found) and ("share_weights" in found[0]
                                                         or "performance_hint" in found[0]):
-        # ONNX Runtime's session settings, or OpenVINO's (threads and the performance hint): the
-        # runtime opens every stitch with them, so the app runs as the latencies were measured.
+        # The backend's session settings as recorded (sharing/threads/spinning, or threads and a
+        # performance hint): the runtime opens every stitch with them, as they were measured.
         return dict(found[0])
     return {"share_weights": bool(ex.get("share_weights", True)), "threads": ex.get("threads") or None,
             "intra_op_spinning": bool(ex.get("intra_op_spinning", False)), "source": "target"}
