@@ -180,7 +180,8 @@ def part_ort(job: Path, seconds: float) -> dict:
 
 
 def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: float,
-                  report: Path, hint: str = "latency", streams: int | None = None) -> tuple[float, dict]:
+                  report: Path, hint: str = "latency", streams: int | None = None,
+                  pinning: bool | None = None) -> tuple[float, dict]:
     """benchmark_app's median; with explicit threads its UI wants -hint none plus -nstreams."""
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     report.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,8 @@ def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: flo
     # flags do not (a THROUGHPUT-hinted model with 1 stream is not the same as '-hint none').
     config = {"CPU": {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32",
                       **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {}),
-                      **({"NUM_STREAMS": str(streams)} if streams else {})}}
+                      **({"NUM_STREAMS": str(streams)} if streams else {}),
+                      **({"ENABLE_CPU_PINNING": "YES" if pinning else "NO"} if pinning is not None else {})}}
     (report / "config.json").write_text(json.dumps(config))
     cmd = [exe, "-m", str(xml), "-d", "CPU", "-api", "sync", "-load_config", str(report / "config.json"),
            "-t", str(max(1, round(seconds))), "-shape", f"[{','.join(map(str, shape))}]",
@@ -200,7 +202,7 @@ def benchmark_app(xml: Path, shape: list[int], threads: int | None, seconds: flo
     if proc.returncode or not m:
         raise RuntimeError(f"benchmark_app failed: {text.strip().splitlines()[-3:]}")
     seen = {k: v for k, v in re.findall(r"\b(NUM_STREAMS|INFERENCE_NUM_THREADS|INFERENCE_PRECISION_HINT|"
-                                        r"PERFORMANCE_HINT):\s*(\S+)", text)}
+                                        r"PERFORMANCE_HINT|ENABLE_CPU_PINNING):\s*(\S+)", text)}
     med = float(m.group(1)) / (1000.0 if m.group(2) == "us" else 1.0)
     return med, {"command": " ".join(cmd[1:]) + f"  (config {json.dumps(config)})", **seen}
 
@@ -222,15 +224,21 @@ def part_openvino(job: Path, seconds: float) -> dict:
         threads = sess.get("threads") or None
         hint = str(sess.get("performance_hint") or "LATENCY")
         core = ov.Core()
+        pin = sess.get("cpu_pinning")
         cfg = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32",
-               **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+               **({"INFERENCE_NUM_THREADS": threads} if threads else {}),
+               **({"ENABLE_CPU_PINNING": bool(pin)} if pin is not None else {})}
         cm = core.compile_model(core.read_model(str(cdir / art["path"])), "CPU", cfg)
         ours = {k: str(cm.get_property(k)) for k in ("NUM_STREAMS", "INFERENCE_NUM_THREADS",
-                                                     "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT")}
+                                                     "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT",
+                                                     "ENABLE_CPU_PINNING")}
+        # benchmark_app gets the pinning the profiler's model really ran with (the plugin's own
+        # choice when the record leaves it unset), so both sides run alike.
+        pin = ours["ENABLE_CPU_PINNING"] == "True"
         del cm
         med, seen = benchmark_app(cdir / art["path"], rec["input_shape"], threads, seconds,
                                   job / "bench_app" / str(art["id"]), hint,
-                                  int(ours["NUM_STREAMS"]))
+                                  int(ours["NUM_STREAMS"]), pin)
         if not out:
             print(f"   profiler: record session {sess}; compiled with {cfg} -> plugin reports {ours}")
             print(f"   benchmark_app: {seen.pop('command')} -> reports {seen}")
@@ -239,7 +247,7 @@ def part_openvino(job: Path, seconds: float) -> dict:
             f"stitch {sid}", rec["latency_ms"]["median"],
             lambda: reprofile(job, "intel-cpu", sid)["latency_ms"]["median"],
             lambda: benchmark_app(xml, rec["input_shape"], threads, seconds, job / "bench_app" / str(sid),
-                                  hint, int(ours["NUM_STREAMS"]))[0],
+                                  hint, int(ours["NUM_STREAMS"]), pin)[0],
             PAIRS, 0.9, 1.1)
     print(f"   load {load_avg()}")
     return out

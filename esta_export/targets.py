@@ -116,6 +116,10 @@ class Execution:
     # ONNX Runtime worker threads spinning after each run (off: with several stitches loaded,
     # idle spinning pools steal the CPU from the running one). 'profile --tune' measures both.
     intra_op_spinning: bool = False
+    # OpenVINO CPU plugin: pin inference threads to cores (ENABLE_CPU_PINNING). Unset = the
+    # plugin's own choice. On a VM whose vCPUs do not run alike, pinning decides which of two
+    # speeds a process gets; 'profile --tune' measures both.
+    cpu_pinning: bool | None = None
 
 
 @dataclass(frozen=True)

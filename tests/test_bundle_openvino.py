@@ -158,3 +158,48 @@ def test_tuned_openvino_session_reaches_the_manifest_and_the_runtime(ov_copy):
         info = b.load(b.stitches()[0].id).info
     assert info["config"]["PERFORMANCE_HINT"] == "THROUGHPUT"
     assert info["config"]["INFERENCE_NUM_THREADS"] == "1"
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_tuned_cpu_pinning_reaches_the_runtime(ov_copy, pin):
+    """ENABLE_CPU_PINNING ('profile --tune' measures both) is what the bundle compiles with, as the
+    plugin reads it back; a manifest that says anything but true/false is refused in one line."""
+    m = _manifest(ov_copy)
+    m["session"] = {"threads": 1, "performance_hint": "LATENCY", "cpu_pinning": pin, "source": "tuned"}
+    (ov_copy / "manifest.json").write_text(json.dumps(m))
+    with Bundle.open(ov_copy) as b:
+        s = b.load(b.stitches()[0].id)
+        assert s.info["config"]["ENABLE_CPU_PINNING"] == str(pin)
+        assert s.compiled.get_property("ENABLE_CPU_PINNING") is pin
+    m["session"]["cpu_pinning"] = "YES"
+    (ov_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="session.cpu_pinning"):
+        Bundle.open(ov_copy)
+
+
+def test_openvino_records_and_runner_carry_cpu_pinning(ov_bundle):
+    """The profiler's runner compiles with the target's pinning; the record's session says it
+    and the settings hash tells pinned and unpinned measurements apart."""
+    import dataclasses
+
+    from esta_export.backends import get_backend
+    from esta_export.profiling.record import MeasureContext
+    from esta_export.runtime.session import SessionSettings
+    from esta_export.runtime.timing import TimingProtocol
+    from esta_export.targets import load_target
+
+    base = load_target("intel-cpu")
+    compiled = ov_bundle.parent / "compiled"
+    art = json.loads((compiled / "compile.json").read_text())["artifacts"][0]
+    ctxs = []
+    for pin in (True, False):
+        t = dataclasses.replace(base, execution=dataclasses.replace(base.execution, cpu_pinning=pin))
+        r = get_backend("openvino").load(compiled / art["path"], t)
+        assert r.info["cpu_pinning"] is pin and r.info["config"]["ENABLE_CPU_PINNING"] == str(pin)
+        r.close()
+        ctx = MeasureContext.for_pass(t, backend="openvino", precision="fp32", batch=1,
+                                      shape=[1, 3, 32, 32], protocol=TimingProtocol(),
+                                      session=SessionSettings(source="tuned"), env={}, env_hash="e")
+        assert ctx.session_record()["cpu_pinning"] is pin
+        ctxs.append(ctx.settings)
+    assert ctxs[0] != ctxs[1]

@@ -98,6 +98,14 @@ def _ov():
     return ov
 
 
+def _read_property(compiled, name: str) -> Any:
+    """A compiled model's property as the plugin reports it (None where it has no such key)."""
+    try:
+        return compiled.get_property(name)
+    except Exception:  # RuntimeError: the plugin does not support the key (GPU, NPU)
+        return None
+
+
 def _device_present(core, device: str) -> bool:
     return any(d == device or d.startswith(device + ".") for d in core.available_devices)
 
@@ -294,6 +302,8 @@ class OvRunner(Runner):
         }
         if target.execution.threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = target.execution.threads
+        if target.execution.cpu_pinning is not None and device == "CPU":
+            config["ENABLE_CPU_PINNING"] = bool(target.execution.cpu_pinning)
         try:
             self.compiled = core.compile_model(model, device, config)
         except Exception as err:
@@ -304,7 +314,8 @@ class OvRunner(Runner):
                      # What the plugin actually uses, read back: the hint can be overridden.
                      "precision": precision,
                      "inference_precision": self.compiled.get_property(
-                         "INFERENCE_PRECISION_HINT").get_type_name()}
+                         "INFERENCE_PRECISION_HINT").get_type_name(),
+                     "cpu_pinning": _read_property(self.compiled, "ENABLE_CPU_PINNING")}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         from ..runtime.ov_engine import infer_once

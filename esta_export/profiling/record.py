@@ -50,9 +50,16 @@ class MeasureContext:
                  shape: Sequence[int], protocol: TimingProtocol, session: SessionSettings,
                  env: dict[str, Any], env_hash: str) -> "MeasureContext":
         transfers = transfers_for(target)
+        extra: dict[str, Any] = {}
+        if backend != "onnxruntime":
+            # What else changes the measurement there: the [execution] settings the backend
+            # compiles with (OpenVINO's hint and pinning).
+            ex = getattr(target, "execution", None)
+            extra["execution"] = {"performance_hint": getattr(ex, "performance_hint", None),
+                                  "cpu_pinning": getattr(ex, "cpu_pinning", None)}
         settings = protocol.settings_hash(batch=batch, shape=list(shape), precision=precision,
                                           threads=session.threads, backend=backend,
-                                          transfers=transfers, session=session.key())
+                                          transfers=transfers, session=session.key(), **extra)
         return cls(target, backend, precision, batch, list(shape), session.threads, env, env_hash,
                    protocol, session, transfers, settings)
 
@@ -62,9 +69,12 @@ class MeasureContext:
         if self.backend == "onnxruntime":
             return self.session.to_dict()
         execution = getattr(self.target, "execution", None)
-        return {"threads": getattr(execution, "threads", 0) or None,
-                "performance_hint": getattr(execution, "performance_hint", None),
-                "source": self.session.source}
+        rec = {"threads": getattr(execution, "threads", 0) or None,
+               "performance_hint": getattr(execution, "performance_hint", None),
+               "source": self.session.source}
+        if getattr(execution, "cpu_pinning", None) is not None:
+            rec["cpu_pinning"] = bool(execution.cpu_pinning)
+        return rec
 
 
 def build_record(ctx: MeasureContext, row: dict[str, Any], stats: LatencyStats, *,

@@ -105,8 +105,11 @@ class OpenVinoEngine(Engine):
                 raise IntegrityError(f"bundle file {art.get('weights')} does not match the manifest's sha256",
                                      hint="re-copy the bundle")
             bundle._checked_files.add(weights)
+        session = bundle.manifest.get("session") or {}
+        pin = session.get("cpu_pinning")
         return OpenVinoSession(xml, weights, art.get("openvino") or {}, threads=bundle.threads,
-                               performance_hint=(bundle.manifest.get("session") or {}).get("performance_hint"))
+                               performance_hint=session.get("performance_hint"),
+                               cpu_pinning=pin if isinstance(pin, bool) else None)
 
 
 class TensorRTEngine(Engine):

@@ -206,6 +206,11 @@ def _check_fields(m: dict, where: str) -> None:
     sess = m.get("session") or {}
     if sess.get("threads") is not None:
         f.int(sess["threads"], "session.threads", 0, 1024)
+    if sess.get("performance_hint") is not None and sess["performance_hint"] not in ("LATENCY", "THROUGHPUT"):
+        raise f.fail("session.performance_hint", "must be LATENCY or THROUGHPUT")
+    for key in ("cpu_pinning", "share_weights", "intra_op_spinning"):
+        if sess.get(key) is not None and not isinstance(sess[key], bool):
+            raise f.fail(f"session.{key}", "must be true or false")
     for i, e in enumerate(m.get("excluded") or []):
         f.obj(e, f"excluded[{i}]")
 

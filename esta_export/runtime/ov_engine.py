@@ -65,7 +65,7 @@ class OpenVinoSession:
     """An ONNX-Runtime-like ``run(output_names, feeds)`` over one compiled OpenVINO model."""
 
     def __init__(self, xml: Path, weights: Path, settings: dict, *, threads: int | None = None,
-                 performance_hint: str | None = None) -> None:
+                 performance_hint: str | None = None, cpu_pinning: bool | None = None) -> None:
         core = _core()
         device = settings.get("device") or "CPU"
         if not any(d == device or d.startswith(device + ".") for d in core.available_devices):
@@ -79,6 +79,8 @@ class OpenVinoSession:
             config["INFERENCE_PRECISION_HINT"] = settings["inference_precision_hint"]
         if threads and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if cpu_pinning is not None and device == "CPU":
+            config["ENABLE_CPU_PINNING"] = bool(cpu_pinning)
         try:
             model = core.read_model(str(xml), str(weights))
             self.compiled = core.compile_model(model, device, config)
