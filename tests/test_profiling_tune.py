@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from esta_export.profiling.compiled import profile_compiled, profile_in_clean_process
-from esta_export.profiling.tune import candidates, representative, tune_path, tune_session
+from esta_export.profiling.tune import TIE_REL, candidates, choose, representative, tune_path, tune_session
 from esta_export.runtime.timing import TimingProtocol
 from esta_export.targets import load_target
 from test_predict import family
@@ -26,9 +26,38 @@ def test_candidates_and_representatives() -> None:
     assert len(c) == 8 and {x["threads"] for x in c} == {1, 2}
     assert {(x["intra_op_spinning"], x["share_weights"]) for x in c} == {
         (a, b) for a in (False, True) for b in (False, True)}
-    assert {x["performance_hint"] for x in candidates("openvino", 1)} == {"LATENCY", "THROUGHPUT"}
+    ov = candidates("openvino", 1)
+    assert {x["performance_hint"] for x in ov} == {"LATENCY", "THROUGHPUT"}
+    assert {x["cpu_pinning"] for x in ov} == {True, False} and len(ov) == 4
     rows = [{"id": i, "flops": f} for i, f in enumerate([5, 1, 9, 3, 7])]
     assert representative(rows) == [1, 0, 2]  # fastest, median, slowest by FLOPs
+
+
+def _cand(threads, gm, ci, disp, spin=False, share=True):
+    return {"threads": threads, "intra_op_spinning": spin, "share_weights": share,
+            "geomean_ms": gm, "geomean_ci_ms": list(ci), "dispersion": disp}
+
+
+def test_choice_rule_breaks_ties_towards_the_plainer_configuration() -> None:
+    # 2 threads 2% faster with overlapping intervals: a tie, and 1 thread wins it
+    one, two = _cand(1, 1.00, (0.97, 1.04), 0.03), _cand(2, 0.98, (0.95, 1.01), 0.02)
+    best, ties, meets = choose([two, one], goal=0.05)
+    assert best is one and {id(t) for t in ties} == {id(one), id(two)} and len(meets) == 2
+    # clearly faster (no overlap, beyond TIE_REL): 2 threads win
+    two_fast = _cand(2, 0.70, (0.68, 0.72), 0.02)
+    assert choose([one, two_fast], goal=0.05)[0] is two_fast
+    # the fastest misses the dispersion goal: the fastest of those that meet it
+    noisy = _cand(2, 0.50, (0.40, 0.60), 0.20)
+    assert choose([noisy, one], goal=0.05)[0] is one
+    # none meets it: the fastest overall (ties as before)
+    noisy1 = _cand(1, 0.90, (0.80, 1.00), 0.10)
+    assert choose([noisy, noisy1], goal=0.05)[0] is noisy
+    # among equal threads, spinning off and shared weights win a tie, then lower dispersion
+    spin = _cand(1, 0.99, (0.96, 1.02), 0.01, spin=True)
+    private = _cand(1, 0.99, (0.96, 1.02), 0.01, share=False)
+    assert choose([spin, private, one], goal=0.05)[0] is one
+    calm = _cand(1, 1.01, (0.99, 1.03), 0.01)
+    assert choose([one, calm], goal=0.05)[0] is calm
 
 
 def test_tune_records_candidates_and_profile_uses_the_choice(compiled: Path, tmp_path) -> None:
@@ -41,9 +70,12 @@ def test_tune_records_candidates_and_profile_uses_the_choice(compiled: Path, tmp
     for c in saved["candidates"]:
         assert c["geomean_ms"] > 0 and set(c["median_ms"]) == {str(i) for i in saved["stitches"]}
     pool = [c for c in saved["candidates"] if c["dispersion"] <= saved["goal"]] or saved["candidates"]
-    assert min(c["geomean_ms"] for c in pool) == next(
-        c["geomean_ms"] for c in saved["candidates"]
-        if all(c[k] == v for k, v in saved["choice"].items()))
+    chosen = next(c for c in saved["candidates"] if all(c[k] == v for k, v in saved["choice"].items()))
+    fastest = min(pool, key=lambda c: c["geomean_ms"])
+    assert chosen in pool and saved["choice"] in saved["ties"]
+    # the choice is the fastest, or tied with it (intervals overlap, or within TIE_REL)
+    assert (chosen["geomean_ms"] <= fastest["geomean_ms"] * (1 + TIE_REL)
+            or chosen["geomean_ci_ms"][0] <= fastest["geomean_ci_ms"][1])
     # profile picks the recorded choice up (same machine) and every record says so
     res = profile_compiled(compiled, target, store, memory=False, **FAST)
     for rec in res.measured.values():

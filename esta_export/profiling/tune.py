@@ -6,10 +6,17 @@ bundle runtime would load it (those stitches together) and timed with the one pr
 (runtime/timing.py). Candidates:
 - ONNX Runtime: intra-op threads 1..cores, thread spinning off/on, shared vs private weights
   (sharing needs prepacking off, which costs time; private weights cost memory);
-- OpenVINO: threads 1..cores and the performance hint (LATENCY: one stream; THROUGHPUT: the
-  plugin's stream count).
+- OpenVINO: threads 1..cores, the performance hint (LATENCY: one stream; THROUGHPUT: the
+  plugin's stream count) and CPU thread pinning on/off (on a VM whose vCPUs do not run alike,
+  pinning decides which speed a process gets).
 The choice is the fastest candidate (geometric mean of the stitches' medians) whose dispersion
 (the protocol's metric, worst stitch) meets the goal; if none does, the fastest overall, said so.
+Candidates the measurements cannot tell apart from the fastest (their geometric-mean intervals
+overlap, or within ``TIE_REL``) are ties, and a tie goes to the plainer configuration: fewer
+threads (a session using every core of a shared machine stalls whenever one core is taken, and
+leaves nothing to the application), spinning off, weights shared, the LATENCY hint, then the
+lower dispersion. Without the rule the choice flipped between runs minutes apart on the same
+machine, and the 2-thread session it sometimes kept profiled far less stably than 1 thread.
 Candidates and choice go to ``<store>.tune.json``; ``profile`` then times every stitch with the
 choice, every record says ``session.source = "tuned"``, and the bundle manifest's ``session``
 carries it, so the app runs as measured.
@@ -37,6 +44,9 @@ SCHEMA_VERSION = "1.0"
 # Short per-candidate protocol: the choice needs medians good to a few percent, not the final
 # figures (those come from the full profile with the chosen settings).
 TUNE_PROTOCOL = dict(min_runs=20, min_seconds=0.3, warmup_s=0.1, warmup_min=5, max_remeasure=1)
+# Candidates within this of the fastest geometric mean are ties even when their intervals do not
+# overlap: a few percent is within what one short measurement of a candidate can be trusted to.
+TIE_REL = 0.03
 
 
 def tune_path(store_path: str | Path) -> Path:
@@ -64,8 +74,8 @@ def candidates(backend: str, n_cores: int) -> list[dict[str, Any]]:
         return [{"threads": t, "intra_op_spinning": spin, "share_weights": share}
                 for share in (True, False) for spin in (False, True) for t in threads]
     if backend == "openvino":
-        return [{"threads": t, "performance_hint": hint} for hint in ("LATENCY", "THROUGHPUT")
-                for t in threads]
+        return [{"threads": t, "performance_hint": hint, "cpu_pinning": pin}
+                for pin in (True, False) for hint in ("LATENCY", "THROUGHPUT") for t in threads]
     raise ProfileError(f"--tune knows the settings of ONNX Runtime and OpenVINO, not {backend}",
                        hint="profile without --tune")
 
@@ -75,9 +85,7 @@ def _runners(backend, target, paths: dict[Any, Path], cand: dict[str, Any]):
         s = SessionSettings(threads=cand["threads"], intra_op_spinning=cand["intra_op_spinning"],
                             share_weights=cand["share_weights"], source="tuned")
         return {i: backend.load(p, target, s) for i, p in paths.items()}
-    ex = dataclasses.replace(target.execution, threads=cand["threads"],
-                             performance_hint=cand["performance_hint"])
-    t = dataclasses.replace(target, execution=ex)
+    t, _ = apply_choice(target, cand)
     return {i: backend.load(p, t) for i, p in paths.items()}
 
 
@@ -120,14 +128,13 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
             for r in runners.values():
                 r.close()
         med = {str(i): s.median for i, s in stats.items()}
-        results[k] = {**cand, "median_ms": med,
-                      "geomean_ms": float(math.exp(np.mean([math.log(max(v, 1e-9)) for v in med.values()]))),
+        cis = [s.median_ci or (s.median, s.median) for s in stats.values()]
+        results[k] = {**cand, "median_ms": med, "geomean_ms": _geomean(med.values()),
+                      "geomean_ci_ms": [_geomean(c[0] for c in cis), _geomean(c[1] for c in cis)],
                       "dispersion": float(max(s.dispersion(metric) for s in stats.values())),
                       "loadavg": list(os.getloadavg())}
     done = [r for r in results if r is not None]
-    meets = [r for r in done if r["dispersion"] <= goal]
-    pool = meets or done
-    best = min(pool, key=lambda r: r["geomean_ms"])
+    best, ties, meets = choose(done, goal)
     choice = {k: best[k] for k in cands[0]}
     env = fingerprint()
     out = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "target": target.name,
@@ -135,6 +142,10 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
            "cpu": env.get("processor"), "cores": cores(), "metric": metric, "goal": goal,
            "protocol": proto.to_dict(), "candidates": done, "choice": choice,
            "choice_meets_goal": bool(meets),
+           "rule": ("fastest geometric mean among candidates meeting the dispersion goal; ties "
+                    f"(intervals overlap or within {TIE_REL:.0%}) go to fewer threads, spinning "
+                    "off, shared weights, LATENCY, then lower dispersion"),
+           "ties": [{k: t[k] for k in cands[0]} for t in ties],
            "note": None if meets else (f"no candidate reached {metric} <= {goal:.0%} on this "
                                        "machine; the fastest was chosen (quiet the machine and "
                                        "re-tune)"),
@@ -142,6 +153,32 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
     atomic_write_json(tune_path(store_path), out)
     say("tune", 1.0, json.dumps(choice))
     return out
+
+
+def _geomean(values) -> float:
+    return float(math.exp(np.mean([math.log(max(float(v), 1e-9)) for v in values])))
+
+
+def _plainness(r: dict[str, Any]) -> tuple:
+    """Sort key among ties: the plainer configuration first (see the module doc)."""
+    return (int(r.get("threads") or 0), bool(r.get("intra_op_spinning", False)),
+            not r.get("share_weights", True), r.get("performance_hint", "LATENCY") != "LATENCY",
+            float(r["dispersion"]))
+
+
+def choose(done: Sequence[dict[str, Any]], goal: float
+           ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the choice, the candidates tied with the fastest, those meeting the goal)."""
+    if not done:
+        raise ProfileError("no tuning candidate could be measured", hint="profile without --tune")
+    meets = [r for r in done if r["dispersion"] <= goal]
+    pool = meets or list(done)
+    fastest = min(pool, key=lambda r: r["geomean_ms"])
+    f_hi = (fastest.get("geomean_ci_ms") or [fastest["geomean_ms"]] * 2)[1]
+    ties = [r for r in pool
+            if r["geomean_ms"] <= fastest["geomean_ms"] * (1 + TIE_REL)
+            or (r.get("geomean_ci_ms") or [r["geomean_ms"]] * 2)[0] <= f_hi]
+    return min(ties, key=_plainness), ties, meets
 
 
 def tuned_choice(store_path: str | Path, target: Any, env_hash_now: str) -> dict[str, Any] | None:
@@ -162,8 +199,10 @@ def tuned_choice(store_path: str | Path, target: Any, env_hash_now: str) -> dict
 def apply_choice(target: Any, choice: dict[str, Any]) -> tuple[Any, SessionSettings | None]:
     """(target with the choice in [execution], ORT session settings or None for OpenVINO)."""
     if "performance_hint" in choice:
+        pin = choice.get("cpu_pinning")
         ex = dataclasses.replace(target.execution, threads=int(choice["threads"]),
-                                 performance_hint=str(choice["performance_hint"]))
+                                 performance_hint=str(choice["performance_hint"]),
+                                 cpu_pinning=None if pin is None else bool(pin))
         return dataclasses.replace(target, execution=ex), None
     s = SessionSettings(threads=int(choice["threads"]), intra_op_spinning=bool(choice["intra_op_spinning"]),
                         share_weights=bool(choice["share_weights"]), source="tuned")
