@@ -7,13 +7,13 @@ bundle runtime would load it (those stitches together) and timed with the one pr
 - ONNX Runtime: intra-op threads 1..cores, thread spinning off/on, shared vs private weights
   (sharing needs prepacking off, which costs time; private weights cost memory);
 - OpenVINO: threads 1..cores, the performance hint (LATENCY: one stream; THROUGHPUT: the
-  plugin's stream count) and CPU thread pinning on/off (on a VM whose vCPUs do not run alike,
-  pinning decides which speed a process gets).
+  plugin's stream count) and CPU thread pinning on/off.
 The choice is the fastest candidate (geometric mean of the stitches' medians) whose dispersion
 (the protocol's metric, worst stitch) meets the goal; if none does, the fastest overall, said so.
-Candidates the measurements cannot tell apart from the fastest (their geometric-mean intervals
-overlap, or within ``TIE_REL``) are ties, and a tie goes to the plainer configuration: fewer
-threads (a session using every core of a shared machine stalls whenever one core is taken, and
+Every candidate is measured once per round over ``TUNE_ROUNDS`` rounds, in a new order each
+round, and judged by its medians over the rounds. Candidates within ``TIE_REL`` of the fastest
+(the median of their per-round ratios to it: drift cancels within a round) are ties, and a tie
+goes to the plainer configuration: fewer threads (a session using every core of a shared machine stalls whenever one core is taken, and
 leaves nothing to the application), spinning off, weights shared, the LATENCY hint, then the
 lower dispersion. Without the rule the choice flipped between runs minutes apart on the same
 machine, and the 2-thread session it sometimes kept profiled far less stably than 1 thread.
@@ -43,10 +43,11 @@ SCHEMA = "esta-export/session-tune"
 SCHEMA_VERSION = "1.0"
 # Short per-candidate protocol: the choice needs medians good to a few percent, not the final
 # figures (those come from the full profile with the chosen settings).
-TUNE_PROTOCOL = dict(min_runs=20, min_seconds=0.3, warmup_s=0.1, warmup_min=5, max_remeasure=1)
-# Candidates within this of the fastest geometric mean are ties even when their intervals do not
-# overlap: a few percent is within what one short measurement of a candidate can be trusted to.
-TIE_REL = 0.03
+TUNE_PROTOCOL = dict(min_runs=10, min_seconds=0.15, warmup_s=0.1, warmup_min=5, max_remeasure=0)
+TUNE_ROUNDS = 3
+# A candidate within this of the fastest (median of the per-round ratios) is a tie: closer than
+# what short measurements on a shared machine can tell apart.
+TIE_REL = 0.05
 
 
 def tune_path(store_path: str | Path) -> Path:
@@ -114,26 +115,28 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
     metric, goal = proto.cv_metric, proto.cv_threshold
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     cands = candidates(backend.name, cores())
-    order = list(np.random.default_rng(0).permutation(len(cands)))  # drift hits no config alone
-    results: list[dict[str, Any] | None] = [None] * len(cands)
+    rounds: list[list[dict[str, Any]]] = [[] for _ in cands]
     say = progress or (lambda phase, frac, detail: None)
+    rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    for n, k in enumerate(order):
-        cand = cands[k]
-        say("tune", n / len(cands), json.dumps(cand))
-        runners = _runners(backend, target, paths, cand)
-        try:
-            stats = profile_runners(runners, inputs=x, protocol=proto)
-        finally:
-            for r in runners.values():
-                r.close()
-        med = {str(i): s.median for i, s in stats.items()}
-        cis = [s.median_ci or (s.median, s.median) for s in stats.values()]
-        results[k] = {**cand, "median_ms": med, "geomean_ms": _geomean(med.values()),
-                      "geomean_ci_ms": [_geomean(c[0] for c in cis), _geomean(c[1] for c in cis)],
-                      "dispersion": float(max(s.dispersion(metric) for s in stats.values())),
-                      "loadavg": list(os.getloadavg())}
-    done = [r for r in results if r is not None]
+    # Every candidate once per round, in a new order each round: a shared machine drifts by tens
+    # of percent within a minute, so one measurement per candidate compares the moments they were
+    # measured in; per round the candidates are seconds apart, and the choice rests on the
+    # medians over rounds and on the per-round ratios to the fastest.
+    for rnd in range(TUNE_ROUNDS):
+        for n, k in enumerate(rng.permutation(len(cands))):
+            cand = cands[k]
+            say("tune", (rnd * len(cands) + n) / (TUNE_ROUNDS * len(cands)), json.dumps(cand))
+            runners = _runners(backend, target, paths, cand)
+            try:
+                stats = profile_runners(runners, inputs=x, protocol=proto)
+            finally:
+                for r in runners.values():
+                    r.close()
+            rounds[k].append({"median_ms": {str(i): s.median for i, s in stats.items()},
+                              "dispersion": float(max(s.dispersion(metric) for s in stats.values()))})
+    results = [_summarize(cand, rs) for cand, rs in zip(cands, rounds)]
+    done = results
     best, ties, meets = choose(done, goal)
     choice = {k: best[k] for k in cands[0]}
     env = fingerprint()
@@ -142,9 +145,11 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
            "cpu": env.get("processor"), "cores": cores(), "metric": metric, "goal": goal,
            "protocol": proto.to_dict(), "candidates": done, "choice": choice,
            "choice_meets_goal": bool(meets),
-           "rule": ("fastest geometric mean among candidates meeting the dispersion goal; ties "
-                    f"(intervals overlap or within {TIE_REL:.0%}) go to fewer threads, spinning "
-                    "off, shared weights, LATENCY, then lower dispersion"),
+           "rounds": TUNE_ROUNDS,
+           "rule": ("fastest median-over-rounds geometric mean among candidates whose median "
+                    "dispersion meets the goal; a candidate within "
+                    f"{TIE_REL:.0%} of it (median of the per-round ratios) ties, and ties go to fewer "
+                    "threads, spinning off, shared weights, LATENCY, then lower dispersion"),
            "ties": [{k: t[k] for k in cands[0]} for t in ties],
            "note": None if meets else (f"no candidate reached {metric} <= {goal:.0%} on this "
                                        "machine; the fastest was chosen (quiet the machine and "
@@ -166,6 +171,27 @@ def _plainness(r: dict[str, Any]) -> tuple:
             float(r["dispersion"]))
 
 
+def _summarize(cand: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One candidate's figures over the rounds: per-stitch medians, the geometric mean of each
+    round and their median, the median of the rounds' worst-stitch dispersions."""
+    gms = [_geomean(r["median_ms"].values()) for r in rounds]
+    ids = list(rounds[0]["median_ms"])
+    return {**cand,
+            "median_ms": {i: float(np.median([r["median_ms"][i] for r in rounds])) for i in ids},
+            "geomean_ms": float(np.median(gms)), "rounds_geomean_ms": gms,
+            "dispersion": float(np.median([r["dispersion"] for r in rounds])),
+            "rounds_dispersion": [r["dispersion"] for r in rounds],
+            "loadavg": list(os.getloadavg())}
+
+
+def _ratio_to(r: dict[str, Any], ref: dict[str, Any]) -> float:
+    """Median over rounds of r's geometric mean / ref's in the same round (drift cancels)."""
+    a, b = r.get("rounds_geomean_ms") or [r["geomean_ms"]], ref.get("rounds_geomean_ms") or [ref["geomean_ms"]]
+    if len(a) != len(b):
+        return r["geomean_ms"] / ref["geomean_ms"]
+    return float(np.median([x / y for x, y in zip(a, b)]))
+
+
 def choose(done: Sequence[dict[str, Any]], goal: float
            ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(the choice, the candidates tied with the fastest, those meeting the goal)."""
@@ -174,10 +200,7 @@ def choose(done: Sequence[dict[str, Any]], goal: float
     meets = [r for r in done if r["dispersion"] <= goal]
     pool = meets or list(done)
     fastest = min(pool, key=lambda r: r["geomean_ms"])
-    f_hi = (fastest.get("geomean_ci_ms") or [fastest["geomean_ms"]] * 2)[1]
-    ties = [r for r in pool
-            if r["geomean_ms"] <= fastest["geomean_ms"] * (1 + TIE_REL)
-            or (r.get("geomean_ci_ms") or [r["geomean_ms"]] * 2)[0] <= f_hi]
+    ties = [r for r in pool if r is fastest or _ratio_to(r, fastest) <= 1 + TIE_REL]
     return min(ties, key=_plainness), ties, meets
 
 
