@@ -56,7 +56,7 @@ def test_stats_from_samples_match_numpy() -> None:
     assert s.cv == pytest.approx(ms.std(ddof=1) / ms.mean())
     assert s.seconds == pytest.approx(ns.sum() / 1e9)
     assert set(s.to_dict()) == {"min", "mean", "median", "p90", "p95", "p99", "max", "std", "cv",
-                                "trimmed_cv", "robust_cv", "n", "seconds", "blocks"}
+                                "trimmed_cv", "robust_cv", "n", "seconds", "blocks", "cpu_steal"}
     mad = np.median(np.abs(ms - np.median(ms)))
     assert s.robust_cv == pytest.approx(1.4826 * mad / np.median(ms))
     # one huge preemption blows up cv but not the robust metrics
@@ -190,3 +190,36 @@ def test_protocol_overrides_resolve_in_one_place() -> None:
         profile_runners({"a": OrtRunner(mlp_graph(8, 1))})
     with pytest.raises(ProfileError, match="confidence"):
         TimingProtocol.with_overrides(ci_level=1.5)
+
+
+def test_steal_time_is_recorded_per_stitch(monkeypatch) -> None:
+    """Each stitch's record says what share of the CPU the hypervisor took while it was timed
+    (/proc/stat steal, read around every visit): the cause of drift a shared VM cannot stop."""
+    import numpy as np
+
+    from esta_export.runtime import timing
+
+    class R:
+        def infer(self, x):
+            return x
+
+    ticks = {"steal": 0, "total": 0}
+
+    def fake():  # 1 of every 4 jiffies stolen, advancing on every read
+        ticks["steal"] += 1
+        ticks["total"] += 4
+        return ticks["steal"], ticks["total"]
+
+    proto = timing.TimingProtocol(min_runs=5, min_seconds=0.0, warmup_s=0.0, warmup_min=1,
+                                  block_ms=0.0, max_remeasure=0)
+    monkeypatch.setattr(timing, "cpu_ticks", fake)
+    stats = timing.profile_runners({0: R(), 1: R()}, inputs=np.zeros((1, 2), np.float32), protocol=proto)
+    assert all(abs(s.cpu_steal - 0.25) < 1e-9 for s in stats.values())
+    assert stats[0].to_dict()["cpu_steal"] == stats[0].cpu_steal
+    monkeypatch.setattr(timing, "cpu_ticks", lambda: None)   # not Linux: unknown, not zero
+    stats = timing.profile_runners({0: R()}, inputs=np.zeros((1, 2), np.float32), protocol=proto)
+    assert stats[0].cpu_steal is None
+    monkeypatch.undo()
+    real = timing.cpu_ticks()
+    if real is not None:  # Linux: the real counters read, steal never above the total
+        assert 0 <= real[0] <= real[1]

@@ -329,10 +329,14 @@ def _unstable_warnings(records: Any) -> list[str]:
     for rec in records:
         if rec.get("unstable"):
             metric = (rec.get("protocol") or {}).get("cv_metric", "cv")
+            steal = rec["latency_ms"].get("cpu_steal")
+            why = (f"; the hypervisor took {steal:.0%} of the CPU meanwhile (steal time): a shared "
+                   "VM, measure on a dedicated machine" if isinstance(steal, (int, float))
+                   and steal >= 0.02 else "; quiet the machine and re-profile --fresh")
             out.append(
                 f"stitch {rec['stitch_id']} latency is unstable ({metric} "
                 f"{rec['latency_ms'].get(metric, rec['latency_ms']['cv']):.1%} after "
-                f"{rec.get('attempts', 1)} attempts); quiet the machine and re-profile --fresh")
+                f"{rec.get('attempts', 1)} attempts){why}")
     return out
 
 

@@ -11,8 +11,10 @@ bundle runtime would load it (those stitches together) and timed with the one pr
 The choice is the fastest candidate (geometric mean of the stitches' medians) whose dispersion
 (the protocol's metric, worst stitch) meets the goal; if none does, the fastest overall, said so.
 Every candidate is measured once per round over ``TUNE_ROUNDS`` rounds, in a new order each
-round, and judged by its medians over the rounds. Candidates within ``TIE_REL`` of the fastest
-(the median of their per-round ratios to it: drift cancels within a round) are ties, and a tie
+round with its sessions loaded afresh, and judged by the mean over the rounds (what one load of
+the application can expect: some configurations draw a different speed per load). Candidates
+within ``TIE_REL`` of the fastest (the mean of their per-round ratios to it: drift cancels
+within a round) are ties, and a tie
 goes to the plainer configuration: fewer threads (a session using every core of a shared machine stalls whenever one core is taken, and
 leaves nothing to the application), spinning off, weights shared, the LATENCY hint, then the
 lower dispersion. Without the rule the choice flipped between runs minutes apart on the same
@@ -45,7 +47,7 @@ SCHEMA_VERSION = "1.0"
 # figures (those come from the full profile with the chosen settings).
 TUNE_PROTOCOL = dict(min_runs=10, min_seconds=0.15, warmup_s=0.1, warmup_min=5, max_remeasure=0)
 TUNE_ROUNDS = 3
-# A candidate within this of the fastest (median of the per-round ratios) is a tie: closer than
+# A candidate within this of the fastest (mean of the per-round ratios) is a tie: closer than
 # what short measurements on a shared machine can tell apart.
 TIE_REL = 0.05
 
@@ -146,9 +148,9 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
            "protocol": proto.to_dict(), "candidates": done, "choice": choice,
            "choice_meets_goal": bool(meets),
            "rounds": TUNE_ROUNDS,
-           "rule": ("fastest median-over-rounds geometric mean among candidates whose median "
-                    "dispersion meets the goal; a candidate within "
-                    f"{TIE_REL:.0%} of it (median of the per-round ratios) ties, and ties go to fewer "
+           "rule": ("fastest mean-over-rounds geometric mean (sessions reloaded every round) among "
+                    "candidates whose median dispersion meets the goal; a candidate within "
+                    f"{TIE_REL:.0%} of it (mean of the per-round ratios) ties, and ties go to fewer "
                     "threads, spinning off, shared weights, LATENCY, then lower dispersion"),
            "ties": [{k: t[k] for k in cands[0]} for t in ties],
            "note": None if meets else (f"no candidate reached {metric} <= {goal:.0%} on this "
@@ -178,18 +180,23 @@ def _summarize(cand: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, 
     ids = list(rounds[0]["median_ms"])
     return {**cand,
             "median_ms": {i: float(np.median([r["median_ms"][i] for r in rounds])) for i in ids},
-            "geomean_ms": float(np.median(gms)), "rounds_geomean_ms": gms,
+            # The mean over rounds, each with freshly loaded sessions: what an application can
+            # expect from one load. On 2 vCPUs a 2-thread session drew ~1.3 or ~2.6 ms per
+            # compile of the same model (either pinning), where 1 thread drew 1.6-2.0 ms; a
+            # median of three rounds would keep the lucky draw.
+            "geomean_ms": float(np.mean(gms)), "rounds_geomean_ms": gms,
+            "load_spread": float(max(gms) / min(gms)) if min(gms) > 0 else None,
             "dispersion": float(np.median([r["dispersion"] for r in rounds])),
             "rounds_dispersion": [r["dispersion"] for r in rounds],
             "loadavg": list(os.getloadavg())}
 
 
 def _ratio_to(r: dict[str, Any], ref: dict[str, Any]) -> float:
-    """Median over rounds of r's geometric mean / ref's in the same round (drift cancels)."""
+    """Mean over rounds of r's geometric mean / ref's in the same round (drift cancels)."""
     a, b = r.get("rounds_geomean_ms") or [r["geomean_ms"]], ref.get("rounds_geomean_ms") or [ref["geomean_ms"]]
     if len(a) != len(b):
         return r["geomean_ms"] / ref["geomean_ms"]
-    return float(np.median([x / y for x, y in zip(a, b)]))
+    return float(np.mean([x / y for x, y in zip(a, b)]))
 
 
 def choose(done: Sequence[dict[str, Any]], goal: float

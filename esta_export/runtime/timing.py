@@ -172,6 +172,9 @@ class LatencyStats:
     attempts: int = 1
     dispersion_history: list[float] = field(default_factory=list)
     switch_in: dict[str, Any] | None = None
+    # Share of the CPU time during the measurement that the hypervisor gave to someone else
+    # (/proc/stat steal; None where the kernel does not say), for the attempt that stands.
+    cpu_steal: float | None = None
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -209,7 +212,7 @@ class LatencyStats:
         """The record's ``latency_ms`` block (samples are kept out of the store: too big)."""
         out = {k: getattr(self, k) for k in
                ("min", "mean", "median", "p90", "p95", "p99", "max", "std", "cv", "trimmed_cv",
-                "robust_cv", "n", "seconds", "blocks")}
+                "robust_cv", "n", "seconds", "blocks", "cpu_steal")}
         if self.median_ci is not None:
             out["median_ci"] = [float(self.median_ci[0]), float(self.median_ci[1])]
             out["ci_level"] = self.ci_level
@@ -257,11 +260,31 @@ def visit_order(ids: Sequence[Hashable], rnd: int, last: Hashable | None, seed: 
     return order
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat, None where there is none (not Linux).
+
+    Steal is time the hypervisor gave this VM's vCPUs to someone else: on a shared VM it is what
+    moves a latency by tens of percent from one second to the next, and nothing inside the VM
+    can stop it. Read around every visit (outside the timed calls) so each record says how much
+    of its measurement the machine lost that way."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            parts = f.readline().split()
+    except OSError:
+        return None
+    if len(parts) < 9 or parts[0] != b"cpu":
+        return None
+    vals = [int(v) for v in parts[1:9]]   # user nice system idle iowait irq softirq steal
+    return vals[7], sum(vals)
+
+
 @dataclass
 class _Samples:
     blocks: list[list[int]] = field(default_factory=list)
     switch_in: list[int] = field(default_factory=list)
     spent: int = 0
+    steal: int = 0           # jiffies stolen during this stitch's visits
+    ticks: int = 0           # all jiffies during them
 
     @property
     def n(self) -> int:
@@ -286,6 +309,7 @@ def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: Tim
     while active:
         for i in visit_order(active, rnd, last[0], seed):
             r, s = runners[i], got[i]
+            t_before = cpu_ticks()
             switched = last[0] is not None and last[0] != i
             if switched and proto.switch_calls:
                 for _ in range(proto.switch_calls):
@@ -300,6 +324,10 @@ def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: Tim
                     break
             s.blocks.append(block)
             s.spent += spent
+            t_after = cpu_ticks()
+            if t_before is not None and t_after is not None:
+                s.steal += t_after[0] - t_before[0]
+                s.ticks += t_after[1] - t_before[1]
             last[0] = i
         rnd += 1
         active = [i for i in active if not done(i)]
@@ -308,6 +336,10 @@ def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: Tim
                            got[i].spent / need_ns if need_ns else 1.0) for i in ids)
             report(frac / len(ids))
     return got
+
+
+def _steal(s: _Samples) -> float | None:
+    return s.steal / s.ticks if s.ticks > 0 else (0.0 if cpu_ticks() is not None else None)
 
 
 def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[int] | None = None,
@@ -344,7 +376,8 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
     last: list = [list(runners)[-1] if len(runners) > 1 else None]
     got = measure_blocks(runners, x, proto, lambda f: say("measure", f, ""), seed, last)
     switch: dict[Hashable, list[int]] = {i: list(s.switch_in) for i, s in got.items()}
-    stats = {i: LatencyStats.from_blocks(s.blocks, proto, seed) for i, s in got.items()}
+    stats = {i: LatencyStats.from_blocks(s.blocks, proto, seed, cpu_steal=_steal(s))
+             for i, s in got.items()}
     for st in stats.values():
         st.dispersion_history.append(st.dispersion(metric))
 
@@ -366,7 +399,8 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
         for i, s in again.items():
             # A fresh attempt replaces the old one (no cherry-picking the best of several).
             history = stats[i].dispersion_history
-            stats[i] = LatencyStats.from_blocks(s.blocks, proto, seed, attempts=attempt)
+            stats[i] = LatencyStats.from_blocks(s.blocks, proto, seed, attempts=attempt,
+                                                cpu_steal=_steal(s))
             stats[i].dispersion_history = history + [stats[i].dispersion(metric)]
             switch[i].extend(s.switch_in)
     for i, s in stats.items():
