@@ -29,8 +29,9 @@ class ProfileCommand:
         p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
         p.add_argument("--tune", action="store_true",
                        help="first measure the session settings that matter here (threads, "
-                            "spinning, shared weights / OpenVINO hints) on a few stitches and "
-                            "profile with the fastest that meets the stability goal")
+                            "spinning, shared weights / OpenVINO hint and CPU pinning) on a few stitches, "
+                            "three rounds, and profile with the fastest that meets the stability "
+                            "goal (near-ties go to fewer threads)")
         p.add_argument("--fresh", action="store_true",
                        help="measure again even when the store has a matching record")
         p.add_argument("--remote", metavar="USER@HOST[:PORT]",
