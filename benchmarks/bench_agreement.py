@@ -47,6 +47,11 @@ PAIRS = 3
 VAL = ROOT / "examples" / "demo" / "digits-val.npz"
 
 
+def cpu_ticks():
+    from esta_export.runtime.timing import cpu_ticks as ticks   # /proc/stat (steal, total)
+    return ticks()
+
+
 def load_avg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -107,6 +112,7 @@ def paired(name: str, ours_first: float, measure_ours, measure_ref, pairs: int, 
     other. ``ours_first`` (the main job's own record) is printed beside them, not paired. Returns
     the median of the per-pair ratios."""
     ratios, ours_all, ref_all = [], [], []
+    t0 = cpu_ticks()
     for k in range(pairs):
         # Alternate who goes first, so a steady drift does not favour one side.
         if k % 2 == 0:
@@ -119,6 +125,9 @@ def paired(name: str, ours_first: float, measure_ours, measure_ref, pairs: int, 
         ours_all.append(ours)
         ref_all.append(ref)
     r = float(np.median(ratios))
+    t1 = cpu_ticks()
+    if t0 and t1 and t1[1] > t0[1]:
+        extra += f"; CPU steal meanwhile {(t1[0] - t0[0]) / (t1[1] - t0[1]):.1%}"
     ok = "within" if lo <= r <= hi else "OUTSIDE"
     print(f"   {name:<10} profiler {np.median(ours_all):8.3f} ms  reference {np.median(ref_all):8.3f} ms  "
           f"median pair ratio {r:5.2f} ({ok} {lo}-{hi}); pairs {', '.join(f'{x:.2f}' for x in ratios)}; "

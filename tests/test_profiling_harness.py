@@ -169,6 +169,39 @@ def test_remeasure_stops_when_it_does_not_lower_dispersion() -> None:
     assert j.attempts == 6 or h[-1] >= 0.8 * h[-2]
 
 
+def test_remeasure_probes_first_and_skips_the_rest_when_no_probe_reaches_the_goal() -> None:
+    class Jittery(OrtRunner):
+        def infer(self, x):
+            import time
+            if self.calls % 3 == 0:
+                time.sleep(0.004)
+            return super().infer(x)
+
+    class Calming(OrtRunner):
+        """Jittery during the first attempt only: a disturbance that passed."""
+        def infer(self, x):
+            import time
+            if self.calls < 15 and self.calls % 3 == 0:
+                time.sleep(0.004)
+            return super().infer(x)
+
+    kw = dict(warmup_s=0, warmup_min=2, min_runs=12, min_seconds=0, block_ms=0, block_calls=12,
+              cv_threshold=0.5, max_remeasure=1, cv_metric="cv", remeasure_probe=1)
+    # The probe (first unstable stitch) stays above the goal: the other three are not re-timed.
+    runners = {k: Jittery(mlp_graph(8, 1)) for k in "abcd"}
+    stats = profile_runners(runners, (1, 3, 8, 8), **kw)
+    assert [stats[k].attempts for k in "abcd"] == [2, 1, 1, 1]
+    assert all(s.unstable for s in stats.values())
+    # The probe calms down and reaches the goal: the rest are re-timed too.
+    runners = {"a": Calming(mlp_graph(8, 1)), **{k: Jittery(mlp_graph(8, 1)) for k in "bcd"}}
+    stats = profile_runners(runners, (1, 3, 8, 8), **kw)
+    assert not stats["a"].unstable and [stats[k].attempts for k in "abcd"] == [2, 2, 2, 2]
+    # remeasure_probe 0: every unstable stitch re-timed, as before
+    runners = {k: Jittery(mlp_graph(8, 1)) for k in "abcd"}
+    stats = profile_runners(runners, (1, 3, 8, 8), **{**kw, "remeasure_probe": 0})
+    assert [stats[k].attempts for k in "abcd"] == [2, 2, 2, 2]
+
+
 def test_warm_up_honours_time_and_count() -> None:
     r = OrtRunner(mlp_graph(8, 1))
     x = np.zeros((1, 3, 8, 8), np.float32)
