@@ -41,6 +41,9 @@ class Runner(TypingProtocol):
 
 
 CV_METRICS = ("cv", "trimmed_cv", "robust_cv")
+# Re-measuring continues group by group while at least this share of the re-timed stitches
+# reached the stability goal (see TimingProtocol.remeasure_probe).
+REMEASURE_MIN_SUCCESS = 0.5
 # progress(phase, fraction in [0, 1], detail): one callback type for every long stage.
 ProgressFn = Callable[[str, float, str], None]
 CI_METHOD = "block bootstrap of the median (visits resampled with replacement), percentile"
@@ -68,10 +71,10 @@ class TimingProtocol:
     # least ``remeasure_min_gain`` (relative): a noise-level dip is no reason to pay again.
     max_remeasure: int = 2
     remeasure_min_gain: float = 0.2
-    # Each re-measure round first re-times this many of the unstable stitches; when none of them
-    # reaches the goal the machine is the limit, not the moment, and the rest are not re-timed
-    # (measured on a drifting VM: 0 of 35 re-measures reached the goal, and they doubled the
-    # profiling time). 0 re-times every unstable stitch.
+    # Re-measures go in groups of this many unstable stitches; the next group is re-timed only
+    # while at least half of those re-timed so far reached the goal. Otherwise the machine is the
+    # limit, not the moment (measured on a drifting VM: 0 of 35 re-measures reached the goal and
+    # they cost as much as the first pass). 0: every unstable stitch is re-timed.
     remeasure_probe: int = 3
     # A stitch stops being timed after this many seconds even if the count is not reached, so one
     # very slow stitch on a small board cannot stall the whole run (recorded: n tells the truth).
@@ -402,13 +405,15 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
             break
         say("re-measure", 0.0, f"{len(shaky)} unstable (attempt {attempt})")
         ids = list(shaky)
-        groups = ([ids[:proto.remeasure_probe], ids[proto.remeasure_probe:]]
-                  if 0 < proto.remeasure_probe < len(ids) else [ids])
+        size = proto.remeasure_probe or len(ids)
+        groups = [ids[k:k + size] for k in range(0, len(ids), size)]
         again: dict[Hashable, _Samples] = {}
         for g, group in enumerate(groups):
-            if g and not any(LatencyStats.from_blocks(again[i].blocks, proto, seed).dispersion(metric)
-                             <= proto.cv_threshold for i in groups[0]):
-                break  # no probe reached the goal: re-timing the rest would only cost time
+            if g:
+                hits = sum(LatencyStats.from_blocks(again[i].blocks, proto, seed).dispersion(metric)
+                           <= proto.cv_threshold for i in again)
+                if hits < REMEASURE_MIN_SUCCESS * len(again):
+                    break  # re-measures are not reaching the goal here: the rest would only cost time
             part = {i: shaky[i] for i in group}
             for i, r in part.items():  # the machine may have been disturbed: warm up again
                 warm_up(r, x, proto.warmup_s, proto.warmup_min)
