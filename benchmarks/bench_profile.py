@@ -300,7 +300,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: small family, short protocols")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
-    ap.add_argument("--only", default="a,b,c", help="parts to run, e.g. 'b,c' (c needs b)")
+    ap.add_argument("--only", default="a,b,c", help="parts to run, e.g. 'b,c' (c needs b, or --compiled)")
+    ap.add_argument("--compiled", type=Path, default=None,
+                    help="with --only c: the demo's compiled cpu folder of an earlier run "
+                         "(OUT/demo/compiled/cpu), so part c runs alone")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-profile-"))
@@ -311,7 +314,9 @@ def main() -> None:
     results: dict = {}
     if "a" in parts:
         results["predictor"] = part_predictor(work / "family", args.quick)
-    if "b" in parts or "c" in parts:
+    if "c" in parts and "b" not in parts and args.compiled is not None:
+        results["cost"] = part_cost(args.compiled, args.quick)
+    elif "b" in parts or "c" in parts:
         results["selection"], cdir = part_selection(work / "demo", args.quick)
         if "c" in parts:
             results["cost"] = part_cost(cdir, args.quick)
