@@ -15,11 +15,11 @@ Every candidate is measured once per round over ``TUNE_ROUNDS`` rounds, in a new
 round with its sessions loaded afresh, and judged by the mean over the rounds (what one load of
 the application can expect: some configurations draw a different speed per load). Candidates
 within ``TIE_REL`` of the fastest (the mean of their per-round ratios to it: drift cancels
-within a round) are ties, and a tie
-goes to the plainer configuration: fewer threads (a session using every core of a shared machine stalls whenever one core is taken, and
-leaves nothing to the application), spinning off, weights shared, the LATENCY hint, then the
-lower dispersion. Without the rule the choice flipped between runs minutes apart on the same
-machine, and the 2-thread session it sometimes kept profiled far less stably than 1 thread.
+within a round) are ties, and a tie goes to the plainer configuration: fewer threads (a session
+using every core of a shared machine stalls whenever one core is taken, and leaves nothing to
+the application), spinning off, weights shared, the LATENCY hint, then the lower dispersion.
+Without the rule the choice flipped between runs minutes apart on the same machine, and the
+2-thread session it sometimes kept profiled far less stably than 1 thread.
 Candidates and choice go to ``<store>.tune.json``; ``profile`` then times every stitch with the
 choice, every record says ``session.source = "tuned"``, and the bundle manifest's ``session``
 carries it, so the app runs as measured.
@@ -127,7 +127,7 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
     # Every candidate once per round, in a new order each round: a shared machine drifts by tens
     # of percent within a minute, so one measurement per candidate compares the moments they were
     # measured in; per round the candidates are seconds apart, and the choice rests on the
-    # medians over rounds and on the per-round ratios to the fastest.
+    # means over rounds and on the per-round ratios to the fastest.
     for rnd in range(TUNE_ROUNDS):
         for n, k in enumerate(rng.permutation(len(cands))):
             cand = cands[k]
@@ -140,8 +140,7 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
                     r.close()
             rounds[k].append({"median_ms": {str(i): s.median for i, s in stats.items()},
                               "dispersion": float(max(s.dispersion(metric) for s in stats.values()))})
-    results = [_summarize(cand, rs) for cand, rs in zip(cands, rounds)]
-    done = results
+    done = [_summarize(cand, rs) for cand, rs in zip(cands, rounds)]
     best, ties, meets = choose(done, goal)
     choice = {k: best[k] for k in cands[0]}
     env = fingerprint()
@@ -152,7 +151,8 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
            "choice_meets_goal": bool(meets),
            "rounds": TUNE_ROUNDS,
            "rule": ("fastest mean-over-rounds geometric mean (sessions reloaded every round) among "
-                    "candidates whose median dispersion meets the goal (none: within 1.5x the steadiest's); a candidate within "
+                    "candidates whose median dispersion meets the goal (none: within "
+                    f"{RELAX:g}x the steadiest's); a candidate within "
                     f"{TIE_REL:.0%} of it (mean of the per-round ratios) ties, and ties go to fewer "
                     "threads, spinning off, shared weights, LATENCY, then lower dispersion"),
            "ties": [{k: t[k] for k in cands[0]} for t in ties],
@@ -181,7 +181,7 @@ def _plainness(r: dict[str, Any]) -> tuple:
 
 def _summarize(cand: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One candidate's figures over the rounds: per-stitch medians, the geometric mean of each
-    round and their median, the median of the rounds' worst-stitch dispersions."""
+    round and their mean, the median of the rounds' worst-stitch dispersions."""
     gms = [_geomean(r["median_ms"].values()) for r in rounds]
     ids = list(rounds[0]["median_ms"])
     return {**cand,
