@@ -261,3 +261,43 @@ def test_steal_time_is_recorded_per_stitch(monkeypatch) -> None:
     real = timing.cpu_ticks()
     if real is not None:  # Linux: the real counters read, steal never above the total
         assert 0 <= real[0] <= real[1]
+
+
+def test_early_stop_ends_a_pinned_down_stitch_only(monkeypatch) -> None:
+    """From early_stop_s on, a stitch whose dispersion meets the goal and whose median is known
+    to +-ci_goal stops being timed; a noisy one runs its full min_seconds. Deterministic: each
+    runner advances a fake clock by its own call time."""
+    from types import SimpleNamespace
+
+    from esta_export.runtime import timing
+
+    clock = {"ns": 0}
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter_ns=lambda: clock["ns"]))
+
+    class Fake:
+        def __init__(self, ms_of_call):
+            self.calls, self.ms_of_call = 0, ms_of_call
+
+        def infer(self, x):
+            clock["ns"] += int(self.ms_of_call(self.calls) * 1e6)
+            self.calls += 1
+            return x
+
+    def steady():   # 1 ms +-0.5%
+        return Fake(lambda n: 1.0 + 0.005 * ((n * 7919) % 3 - 1))
+
+    def noisy():    # spread over 1.0-1.9 ms: robust CV far above 5%
+        return Fake(lambda n: 1.0 + ((n * 7919) % 10) / 10)
+
+    x = np.zeros((1, 2), np.float32)
+    kw = dict(warmup_s=0, warmup_min=1, min_runs=20, min_seconds=1.0, block_ms=50, block_calls=5,
+              max_remeasure=0, early_stop_s=0.2)
+    stats = timing.profile_runners({"s": steady(), "n": noisy()}, inputs=x, **kw)
+    assert 0.2 <= stats["s"].seconds < 0.4 and not stats["s"].unstable
+    assert stats["n"].seconds >= 1.0 and stats["n"].unstable
+    lo, hi = stats["s"].median_ci
+    assert (hi - lo) / 2 <= 0.02 * stats["s"].median
+    off = timing.profile_runners({"s": steady()}, inputs=x, **{**kw, "early_stop_s": 0})
+    assert off["s"].seconds >= 1.0
+    with pytest.raises(ProfileError, match="early_stop_s"):
+        timing.TimingProtocol.with_overrides(ci_goal=0)

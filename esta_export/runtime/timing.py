@@ -12,7 +12,10 @@ right after a switch (cold caches, lazily touched weights): they are kept apart 
 ``switch_in`` latency and never mixed into the steady-state statistics.
 
 Each stitch is warmed up (at least ``warmup_s`` seconds AND ``warmup_min`` calls) and then timed
-until it has ``min_runs`` steady-state calls AND ``min_seconds`` of them. Its median carries a
+until it has ``min_runs`` steady-state calls AND ``min_seconds`` of them, or earlier, from
+``early_stop_s`` seconds on, once its samples already meet the stability goal and its median is
+known to within ``ci_goal`` (relative half-width of the interval): timing a stitch that is
+already pinned down only costs time. Its median carries a
 confidence interval: a block bootstrap (visits resampled with replacement, since calls within a
 visit are correlated), percentile method, at ``ci_level``. A stitch whose dispersion stays above
 ``cv_threshold`` is re-measured, but only while another attempt lowers the dispersion (by at least
@@ -44,13 +47,17 @@ CV_METRICS = ("cv", "trimmed_cv", "robust_cv")
 # Re-measuring continues group by group while at least this share of the re-timed stitches
 # reached the stability goal (see TimingProtocol.remeasure_probe).
 REMEASURE_MIN_SUCCESS = 0.5
+# The early stop judges a stitch only once it has this many visits (a bootstrap over fewer
+# blocks says little), with this many resamples (the published interval uses ci_resamples).
+EARLY_STOP_BLOCKS = 4
+EARLY_STOP_RESAMPLES = 200
 # progress(phase, fraction in [0, 1], detail): one callback type for every long stage.
 ProgressFn = Callable[[str, float, str], None]
 CI_METHOD = "block bootstrap of the median (visits resampled with replacement), percentile"
 
 _PROTOCOL_KEYS = ("warmup_s", "warmup_min", "min_runs", "min_seconds", "block_calls", "block_ms",
                   "switch_calls", "cv_threshold", "max_remeasure", "remeasure_min_gain",
-                  "remeasure_probe",
+                  "remeasure_probe", "early_stop_s", "ci_goal",
                   "max_seconds", "cv_metric",
                   "ci_level", "ci_resamples")
 
@@ -62,7 +69,12 @@ class TimingProtocol:
     warmup_s: float = 0.2
     warmup_min: int = 10
     min_runs: int = 50          # steady-state calls per stitch, at least
-    min_seconds: float = 1.0    # steady-state seconds per stitch, at least
+    min_seconds: float = 1.0    # steady-state seconds per stitch, at least ...
+    # ... unless, from this many seconds on (and min_runs calls, EARLY_STOP_BLOCKS visits), the
+    # stitch already meets cv_threshold and its median's interval half-width is <= ci_goal of the
+    # median (checked between rounds, outside the timed calls). 0 turns the early stop off.
+    early_stop_s: float = 0.4
+    ci_goal: float = 0.02
     block_calls: int = 5        # each visit: at least this many consecutive calls ...
     block_ms: float = 50.0      # ... and at least this long
     switch_calls: int = 1       # first calls of a visit after another stitch: switch-in
@@ -114,6 +126,10 @@ class TimingProtocol:
             raise TimingError(f"remeasure_probe {self.remeasure_probe} / max_remeasure "
                               f"{self.max_remeasure} cannot be negative",
                               hint="use 0 or more (remeasure_probe 0: re-time every unstable stitch)")
+        if self.early_stop_s < 0 or not 0 < self.ci_goal < 1:
+            raise TimingError(f"early_stop_s {self.early_stop_s} / ci_goal {self.ci_goal} are not "
+                              "usable", hint="use early_stop_s >= 0 (0: off) and ci_goal in (0, 1), "
+                                             "e.g. 0.02")
         if not 0 <= self.remeasure_min_gain < 1:
             raise TimingError(f"remeasure_min_gain {self.remeasure_min_gain} is not in [0, 1)",
                               hint="use e.g. 0.2 (another attempt must cut the dispersion by 20%)")
@@ -304,18 +320,40 @@ class _Samples:
         return sum(len(b) for b in self.blocks)
 
 
+def pinned_down(blocks_ns: Sequence[Sequence[int]], proto: TimingProtocol, seed: int = 0) -> bool:
+    """The early stop's test: enough visits, dispersion within the goal, and the median's
+    block-bootstrap interval no wider than +-ci_goal of the median."""
+    if len(blocks_ns) < EARLY_STOP_BLOCKS:
+        return False
+    ms = [np.asarray(b, dtype=np.float64) / 1e6 for b in blocks_ns]
+    st = LatencyStats.from_ns(np.concatenate(ms) * 1e6)
+    if st.median <= 0 or st.dispersion(proto.cv_metric) > proto.cv_threshold:
+        return False
+    lo, hi = median_ci(ms, proto.ci_level, EARLY_STOP_RESAMPLES, seed)
+    return (hi - lo) / 2.0 <= proto.ci_goal * st.median
+
+
 def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: TimingProtocol,
                    report: Callable[[float], None] | None = None, seed: int = 0,
                    last: list | None = None) -> dict[Hashable, _Samples]:
-    """Rounds of visits until every stitch has >= min_runs AND >= min_seconds steady-state."""
+    """Rounds of visits until every stitch has >= min_runs AND >= min_seconds steady-state (or
+    is pinned down from early_stop_s on, or has used max_seconds)."""
     ids = list(runners)
     got = {i: _Samples() for i in ids}
     need_ns, cap_ns, block_ns = proto.min_seconds * 1e9, proto.max_seconds * 1e9, proto.block_ms * 1e6
     last = last if last is not None else [None]
 
+    early_ns = proto.early_stop_s * 1e9
+
     def done(i: Hashable) -> bool:
         s = got[i]
-        return (s.n >= proto.min_runs and s.spent >= need_ns) or (s.spent >= cap_ns and s.n >= 1)
+        if s.spent >= cap_ns and s.n >= 1:
+            return True
+        if s.n < proto.min_runs:
+            return False
+        if s.spent >= need_ns:
+            return True
+        return bool(early_ns) and s.spent >= early_ns and pinned_down(s.blocks, proto, seed)
 
     active = [i for i in ids if not done(i)]
     rnd = 0
