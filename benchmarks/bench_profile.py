@@ -246,7 +246,7 @@ def part_cost(cdir: Path, quick: bool) -> dict:
     adaptive = TimingProtocol(cv_threshold=CV_GOAL) if not quick else \
         TimingProtocol(cv_threshold=CV_GOAL, min_runs=20, min_seconds=0.1)
     fixed = TimingProtocol(warmup_s=0.2, warmup_min=1, min_runs=10,
-                           min_seconds=0.3 if quick else 3.0, max_remeasure=0,
+                           min_seconds=0.3 if quick else 3.0, max_remeasure=0, early_stop_s=0.0,
                            max_seconds=60.0, order="one stitch after the other (trtexec-like)")
 
     def summary(stats: dict) -> dict:
@@ -256,6 +256,8 @@ def part_cost(cdir: Path, quick: bool) -> dict:
                 "robust_cv_ok": int((rcv < CV_GOAL).sum()), "cv_median": float(np.median(cv)),
                 "robust_cv_median": float(np.median(rcv)),
                 "attempts": int(sum(s.attempts for s in stats.values())),
+                # stopped from early_stop_s on: within the goal, median known to +-ci_goal
+                "early_stops": int(sum(s.seconds < adaptive.min_seconds for s in stats.values())),
                 "runs": int(sum(s.n for s in stats.values()))}
 
     out = {}
@@ -275,7 +277,7 @@ def part_cost(cdir: Path, quick: bool) -> dict:
                      "median_ms": {str(i): s.median for i, s in stats.items()}}
         s = out[name]
         print(f"   {name:<26} wall {wall:6.1f} s  runs {s['runs']:6d}  measurement attempts "
-              f"{s['attempts']:3d}  cv < 5%: {s['cv_ok']:2d}/{s['n']}  robust_cv < 5%: "
+              f"{s['attempts']:3d} (early stops {s['early_stops']:2d})  cv < 5%: {s['cv_ok']:2d}/{s['n']}  robust_cv < 5%: "
               f"{s['robust_cv_ok']:2d}/{s['n']}  (median cv {s['cv_median']:.1%}, robust cv "
               f"{s['robust_cv_median']:.1%}); load average {load_avg()}", flush=True)
     for r in runners.values():
