@@ -77,6 +77,11 @@ def test_tune_records_candidates_and_profile_uses_the_choice(compiled: Path, tmp
     assert saved["choice"] == out["choice"] and len(saved["candidates"]) == len(candidates("onnxruntime", saved["cores"]))
     for c in saved["candidates"]:
         assert c["geomean_ms"] > 0 and set(c["median_ms"]) == {str(i) for i in saved["stitches"]}
+        # every round's per-stitch medians are kept, and each stitch's slowest/fastest round
+        assert len(c["rounds_median_ms"]) == saved["rounds"]
+        for i, spread in c["stitch_load_spread"].items():
+            got = [r[i] for r in c["rounds_median_ms"]]
+            assert spread == max(got) / min(got) >= 1.0
     pool = [c for c in saved["candidates"] if c["dispersion"] <= saved["goal_used"]]
     chosen = next(c for c in saved["candidates"] if all(c[k] == v for k, v in saved["choice"].items()))
     fastest = min(pool, key=lambda c: c["geomean_ms"])

@@ -192,6 +192,13 @@ def _summarize(cand: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, 
             # median of three rounds would keep the lucky draw.
             "geomean_ms": float(np.mean(gms)), "rounds_geomean_ms": gms,
             "load_spread": float(max(gms) / min(gms)) if min(gms) > 0 else None,
+            # Per stitch, the slowest round's median over the fastest's: a configuration that
+            # draws a speed per load shows it on one stitch long before the geometric mean does
+            # (recorded to see it, not used in the choice: three rounds also hold the drift).
+            "rounds_median_ms": [dict(r["median_ms"]) for r in rounds],
+            "stitch_load_spread": {i: float(max(r["median_ms"][i] for r in rounds)
+                                            / min(r["median_ms"][i] for r in rounds))
+                                   for i in ids if min(r["median_ms"][i] for r in rounds) > 0},
             "dispersion": float(np.median([r["dispersion"] for r in rounds])),
             "rounds_dispersion": [r["dispersion"] for r in rounds],
             "loadavg": list(os.getloadavg())}
