@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from esta_export.profiling.compiled import profile_compiled, profile_in_clean_process
-from esta_export.profiling.tune import (RELAX, TIE_REL, candidates, choose, reachable_goal,
+from esta_export.profiling.tune import (RELAX, TIE_REL, candidates, choose, load_draw,
+                                        load_draw_limit, reachable_goal, steady_over_loads,
                                         representative, tune_path, tune_session)
 from esta_export.runtime.timing import TimingProtocol
 from esta_export.targets import load_target
@@ -66,6 +67,17 @@ def test_choice_rule_breaks_ties_towards_the_plainer_configuration() -> None:
     assert choose([spin, private, one], goal=0.05)[0] is one
     calm = _cand(1, (1.01, 1.21, 0.91), 0.01)
     assert choose([one, calm], goal=0.05)[0] is calm
+    # a configuration that draws a speed per load (its stitches 1.6x apart between rounds) is out
+    # however fast, while drift-sized spreads (1.1x) are not held against anyone
+    drawing = {**_cand(2, (0.60, 0.62, 0.61), 0.01), "stitch_load_spread": {"0": 1.7, "5": 1.6}}
+    steady = {**_cand(1, (1.00, 1.00, 1.00), 0.03), "stitch_load_spread": {"0": 1.1, "5": 1.05}}
+    assert load_draw(drawing) == pytest.approx(0.65) and load_draw_limit([drawing, steady]) == 0.2
+    assert choose([drawing, steady], goal=0.05)[0] is steady
+    assert steady_over_loads([drawing, steady]) == [steady]
+    # where every candidate draws (none below 0.2), the limit is RELAX x the steadiest's
+    drawing2 = {**_cand(1, (0.9, 0.9, 0.9), 0.03), "stitch_load_spread": {"0": 1.3}}
+    assert choose([drawing, drawing2], goal=0.05)[0] is drawing2
+    assert load_draw_limit([drawing, drawing2]) == pytest.approx(0.45)
 
 
 def test_tune_records_candidates_and_profile_uses_the_choice(compiled: Path, tmp_path) -> None:
@@ -82,7 +94,8 @@ def test_tune_records_candidates_and_profile_uses_the_choice(compiled: Path, tmp
         for i, spread in c["stitch_load_spread"].items():
             got = [r[i] for r in c["rounds_median_ms"]]
             assert spread == max(got) / min(got) >= 1.0
-    pool = [c for c in saved["candidates"] if c["dispersion"] <= saved["goal_used"]]
+    pool = [c for c in saved["candidates"] if c["dispersion"] <= saved["goal_used"]
+            and load_draw(c) <= saved["load_draw_limit"]]
     chosen = next(c for c in saved["candidates"] if all(c[k] == v for k, v in saved["choice"].items()))
     fastest = min(pool, key=lambda c: c["geomean_ms"])
     assert chosen in pool and saved["choice"] in saved["ties"]

@@ -8,7 +8,8 @@ bundle runtime would load it (those stitches together) and timed with the one pr
   (sharing needs prepacking off, which costs time; private weights cost memory);
 - OpenVINO: threads 1..cores, the performance hint (LATENCY: one stream; THROUGHPUT: the
   plugin's stream count) and CPU thread pinning on/off.
-The choice is the fastest candidate (geometric mean of the stitches' medians) whose dispersion
+Candidates that draw a different speed per load (``LOAD_DRAW_GOAL``) are out first; then the
+choice is the fastest candidate (geometric mean of the stitches' medians) whose dispersion
 (the protocol's metric, worst stitch, median over rounds) meets the goal; if none does, the
 fastest of those within ``RELAX`` times the steadiest candidate's dispersion, said so.
 Every candidate is measured once per round over ``TUNE_ROUNDS`` rounds, in a new order each
@@ -50,6 +51,13 @@ TUNE_PROTOCOL = dict(min_runs=10, min_seconds=0.15, warmup_s=0.1, warmup_min=5, 
 TUNE_ROUNDS = 3
 # When no candidate meets the dispersion goal, those within this factor of the steadiest compete.
 RELAX = 1.5
+# A configuration whose stitches draw a different speed per load cannot have its latency promised:
+# the profile is one load, the application another. Load draw = median over the tuning stitches
+# of (slowest round's median / fastest round's - 1). Candidates above max(LOAD_DRAW_GOAL,
+# RELAX x the steadiest's) leave the pool. Measured on a 2-vCPU AMD EPYC VM: 2-thread OpenVINO
+# LATENCY 0.65 (stitch 0 drew 1.09-1.97 ms over six compiles), 1-thread LATENCY 0.07; the bundle
+# app then read 0.77x the manifest's latency.
+LOAD_DRAW_GOAL = 0.2
 # A candidate within this of the fastest (mean of the per-round ratios) is a tie: closer than
 # what short measurements on a shared machine can tell apart.
 TIE_REL = 0.05
@@ -150,17 +158,22 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
            "protocol": proto.to_dict(), "candidates": done, "choice": choice,
            "choice_meets_goal": bool(meets),
            "rounds": TUNE_ROUNDS,
-           "rule": ("fastest mean-over-rounds geometric mean (sessions reloaded every round) among "
+           "rule": ("candidates whose load draw (median over stitches of slowest/fastest round "
+                    f"- 1) exceeds max({LOAD_DRAW_GOAL:g}, {RELAX:g}x the steadiest's) are out; then "
+                    "the fastest mean-over-rounds geometric mean (sessions reloaded every round) among "
                     "candidates whose median dispersion meets the goal (none: within "
                     f"{RELAX:g}x the steadiest's); a candidate within "
                     f"{TIE_REL:.0%} of it (mean of the per-round ratios) ties, and ties go to fewer "
                     "threads, spinning off, shared weights, LATENCY, then lower dispersion"),
            "ties": [{k: t[k] for k in cands[0]} for t in ties],
-           "goal_used": reachable_goal(done, goal),
+           "goal_used": reachable_goal(steady_over_loads(done), goal),
+           "load_draw_limit": load_draw_limit(done),
+           "load_draw_out": [{k: r[k] for k in cands[0]} for r in done
+                             if r not in steady_over_loads(done)],
            "note": None if meets else (f"no candidate reached {metric} <= {goal:.0%} on this "
                                        "machine; the fastest of those within "
                                        f"{RELAX:g}x the steadiest's {metric} "
-                                       f"({reachable_goal(done, goal):.1%}) was chosen (quiet the "
+                                       f"({reachable_goal(steady_over_loads(done), goal):.1%}) was chosen (quiet the "
                                        "machine and re-tune)"),
            "seconds": time.perf_counter() - t0}
     atomic_write_json(tune_path(store_path), out)
@@ -194,8 +207,9 @@ def _summarize(cand: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, 
             "load_spread": float(max(gms) / min(gms)) if min(gms) > 0 else None,
             # Per stitch, the slowest round's median over the fastest's: a configuration that
             # draws a speed per load shows it on one stitch long before the geometric mean does
-            # (recorded to see it, not used in the choice: three rounds also hold the drift).
+            # (three rounds also hold the drift: hence the median over stitches and the slack).
             "rounds_median_ms": [dict(r["median_ms"]) for r in rounds],
+            # (load_draw() reads this: the choice's first filter)
             "stitch_load_spread": {i: float(max(r["median_ms"][i] for r in rounds)
                                             / min(r["median_ms"][i] for r in rounds))
                                    for i in ids if min(r["median_ms"][i] for r in rounds) > 0},
@@ -219,11 +233,28 @@ def reachable_goal(done: Sequence[dict[str, Any]], goal: float) -> float:
     return goal if floor <= goal else floor * RELAX
 
 
+def load_draw(r: dict[str, Any]) -> float:
+    """Median over the stitches of (slowest round / fastest round - 1); 0 when not recorded."""
+    spreads = list((r.get("stitch_load_spread") or {}).values())
+    return float(np.median(spreads)) - 1.0 if spreads else 0.0
+
+
+def load_draw_limit(done: Sequence[dict[str, Any]]) -> float:
+    return max(LOAD_DRAW_GOAL, RELAX * min(load_draw(r) for r in done))
+
+
+def steady_over_loads(done: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The choice's first filter: out go configurations that draw a speed per load."""
+    limit = load_draw_limit(done)
+    return [r for r in done if load_draw(r) <= limit]
+
+
 def choose(done: Sequence[dict[str, Any]], goal: float
            ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(the choice, the candidates tied with the fastest, those meeting the goal)."""
     if not done:
         raise ProfileError("no tuning candidate could be measured", hint="profile without --tune")
+    done = steady_over_loads(done)
     meets = [r for r in done if r["dispersion"] <= goal]
     # None meets the goal (a shared, drifting machine): the goal becomes what this machine can
     # reach, the steadiest candidate's dispersion with RELAX of room, and the fastest of those
