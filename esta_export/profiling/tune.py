@@ -150,6 +150,7 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
                               "dispersion": float(max(s.dispersion(metric) for s in stats.values()))})
     done = [_summarize(cand, rs) for cand, rs in zip(cands, rounds)]
     best, ties, meets = choose(done, goal)
+    kept = steady_over_loads(done)   # what choose() compared, for the record
     choice = {k: best[k] for k in cands[0]}
     env = fingerprint()
     out = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "target": target.name,
@@ -166,14 +167,14 @@ def tune_session(compiled_dir: str | Path, target: Any, store_path: str | Path, 
                     f"{TIE_REL:.0%} of it (mean of the per-round ratios) ties, and ties go to fewer "
                     "threads, spinning off, shared weights, LATENCY, then lower dispersion"),
            "ties": [{k: t[k] for k in cands[0]} for t in ties],
-           "goal_used": reachable_goal(steady_over_loads(done), goal),
+           "goal_used": reachable_goal(kept, goal),
            "load_draw_limit": load_draw_limit(done),
            "load_draw_out": [{k: r[k] for k in cands[0]} for r in done
-                             if r not in steady_over_loads(done)],
+                             if not any(r is k for k in kept)],
            "note": None if meets else (f"no candidate reached {metric} <= {goal:.0%} on this "
                                        "machine; the fastest of those within "
                                        f"{RELAX:g}x the steadiest's {metric} "
-                                       f"({reachable_goal(steady_over_loads(done), goal):.1%}) was chosen (quiet the "
+                                       f"({reachable_goal(kept, goal):.1%}) was chosen (quiet the "
                                        "machine and re-tune)"),
            "seconds": time.perf_counter() - t0}
     atomic_write_json(tune_path(store_path), out)
@@ -209,7 +210,7 @@ def _summarize(cand: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, 
             # draws a speed per load shows it on one stitch long before the geometric mean does
             # (three rounds also hold the drift: hence the median over stitches and the slack).
             "rounds_median_ms": [dict(r["median_ms"]) for r in rounds],
-            # (load_draw() reads this: the choice's first filter)
+            # load_draw() reads this: the choice's first filter
             "stitch_load_spread": {i: float(max(r["median_ms"][i] for r in rounds)
                                             / min(r["median_ms"][i] for r in rounds))
                                    for i in ids if min(r["median_ms"][i] for r in rounds) > 0},

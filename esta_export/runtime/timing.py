@@ -325,11 +325,11 @@ def pinned_down(blocks_ns: Sequence[Sequence[int]], proto: TimingProtocol, seed:
     block-bootstrap interval no wider than +-ci_goal of the median."""
     if len(blocks_ns) < EARLY_STOP_BLOCKS:
         return False
-    ms = [np.asarray(b, dtype=np.float64) / 1e6 for b in blocks_ns]
-    st = LatencyStats.from_ns(np.concatenate(ms) * 1e6)
+    st = LatencyStats.from_ns(np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks_ns]))
     if st.median <= 0 or st.dispersion(proto.cv_metric) > proto.cv_threshold:
         return False
-    lo, hi = median_ci(ms, proto.ci_level, EARLY_STOP_RESAMPLES, seed)
+    lo, hi = median_ci([np.asarray(b, dtype=np.float64) / 1e6 for b in blocks_ns], proto.ci_level,
+                       EARLY_STOP_RESAMPLES, seed)
     return (hi - lo) / 2.0 <= proto.ci_goal * st.median
 
 
@@ -341,9 +341,8 @@ def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: Tim
     ids = list(runners)
     got = {i: _Samples() for i in ids}
     need_ns, cap_ns, block_ns = proto.min_seconds * 1e9, proto.max_seconds * 1e9, proto.block_ms * 1e6
-    last = last if last is not None else [None]
-
     early_ns = proto.early_stop_s * 1e9
+    last = last if last is not None else [None]
 
     def done(i: Hashable) -> bool:
         s = got[i]
