@@ -562,6 +562,9 @@ def check_profile_record(rec: dict[str, Any]) -> str | None:
         for k, v in lat.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 c.num(v, f"latency_ms.{k}")
+        if rec.get("compute_ms") is not None:
+            comp = c.obj(rec["compute_ms"], "compute_ms")
+            c.num(comp.get("median"), "compute_ms.median", positive=True)
         c.bool(rec.get("unstable", False), "unstable")
         c.num(rec.get("peak_rss_mb"), "peak_rss_mb", lo=0.0, none=True)
         c.str(rec.get("env_hash"), "env_hash", none=True)

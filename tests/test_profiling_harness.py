@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -301,3 +303,35 @@ def test_early_stop_ends_a_pinned_down_stitch_only(monkeypatch) -> None:
     assert off["s"].seconds >= 1.0
     with pytest.raises(ProfileError, match="early_stop_s"):
         timing.TimingProtocol.with_overrides(ci_goal=0)
+
+
+def test_runtime_compute_time_is_kept_beside_the_wall_time() -> None:
+    """A runner that reports the runtime's own time per call (OpenVINO's InferRequest.latency)
+    gets ``compute_ms`` from its steady-state calls only, with the wall-minus-compute overhead;
+    one that reports none gets None (never a made-up number)."""
+    class Reporting(OrtRunner):
+        compute_source = "test: half the wall time"
+
+        def infer(self, x):
+            t0 = time.perf_counter_ns()
+            out = super().infer(x)
+            self.last = (time.perf_counter_ns() - t0) // 2
+            return out
+
+        def compute_ns(self):
+            return self.last
+
+    rep, plain = Reporting(mlp_graph(32, 2)), OrtRunner(mlp_graph(16, 1, 1))
+    stats = profile_runners({"r": rep, "p": plain}, (1, 3, 8, 8), warmup_s=0, warmup_min=2,
+                            min_runs=20, min_seconds=0, block_calls=5, block_ms=0, switch_calls=1,
+                            cv_threshold=10.0, max_remeasure=0)
+    c = stats["r"].compute
+    assert c["n"] == stats["r"].n == 20 and c["source"] == "test: half the wall time"
+    assert 0 < c["median"] < stats["r"].median        # half of each call, so below the wall median
+    assert c["overhead_ms"] == pytest.approx(stats["r"].median - c["median"])
+    assert stats["p"].compute is None
+    from esta_export.runtime.timing import stats_record
+
+    proto = TimingProtocol()
+    assert stats_record(stats["r"], proto)["compute_ms"] == c
+    assert stats_record(stats["p"], proto)["compute_ms"] is None

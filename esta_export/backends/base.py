@@ -46,8 +46,16 @@ class Runner(abc.ABC):
 
     info: dict[str, Any]
 
+    #: Where :meth:`compute_ns` comes from (None: the runtime reports no time of its own).
+    compute_source: str | None = None
+
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def compute_ns(self) -> int | None:
+        """The runtime's own time for the last ``infer`` (what its benchmark tool reports), where
+        it measures one; the profiler records it next to the wall time the caller sees."""
+        return None
 
     def close(self) -> None:
         """Release the runtime's resources (sessions, compiled models)."""

@@ -49,6 +49,9 @@ class _SessionRunner:
 
     def __init__(self, session, name: str) -> None:
         self.session, self.name = session, name
+        if hasattr(session, "compute_ns"):   # the runtime's own per-call time (OpenVINO)
+            self.compute_ns = session.compute_ns
+            self.compute_source = session.compute_source
 
     def infer(self, x: np.ndarray):
         return self.session.run(None, {self.name: x})[0]

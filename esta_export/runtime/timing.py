@@ -22,6 +22,11 @@ visit are correlated), percentile method, at ``ci_level``. A stitch whose disper
 ``remeasure_min_gain``: the machine was disturbed and calmed down); when an attempt does not,
 measuring again would only cost time, and the stitch is flagged ``unstable``.
 
+Where the runtime measures each call itself (OpenVINO's ``InferRequest.latency``, what
+``benchmark_app`` reports), that time is kept too, as ``compute_ms`` beside the wall time: the
+wall time is what the application sees, the runtime's own time is what its benchmark tool
+compares with, and their difference is the per-call cost of calling it from Python.
+
 Torch-free and free of esta-export imports beyond this package: the bundle ships it as
 ``esta_runtime.timing``.
 """
@@ -40,6 +45,10 @@ from .errors import TimingError
 
 
 class Runner(TypingProtocol):
+    """What the protocol times. A runner may also have ``compute_ns() -> int | None`` (the
+    runtime's own time for the last call, e.g. OpenVINO's ``InferRequest.latency``) and
+    ``compute_source`` (what that is): records then carry ``compute_ms`` next to the wall time."""
+
     def infer(self, x: np.ndarray) -> Any: ...
 
 
@@ -201,6 +210,8 @@ class LatencyStats:
     attempts: int = 1
     dispersion_history: list[float] = field(default_factory=list)
     switch_in: dict[str, Any] | None = None
+    # The runtime's own time per steady-state call, where it reports one (compute_stats).
+    compute: dict[str, Any] | None = None
     # Share of the CPU time during the measurement that the hypervisor gave to someone else
     # (/proc/stat steal; None where the kernel does not say), for the attempt that stands.
     cpu_steal: float | None = None
@@ -247,6 +258,20 @@ class LatencyStats:
             out["ci_level"] = self.ci_level
             out["ci_method"] = CI_METHOD
         return out
+
+
+def compute_stats(samples_ns: Sequence[int], wall_median_ms: float | None,
+                  source: str | None) -> dict[str, Any] | None:
+    """``{"median", "p90", "n", "source", "overhead_ms"}`` in ms of the runtime's own per-call
+    times (None without any); ``overhead_ms`` is the wall median minus this median: what the
+    caller pays around the runtime's own measurement."""
+    if not samples_ns:
+        return None
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    med = float(np.median(ms))
+    return {"median": med, "p90": float(np.percentile(ms, 90)), "n": int(ms.size),
+            "source": source,
+            "overhead_ms": None if wall_median_ms is None else float(wall_median_ms - med)}
 
 
 def switch_in_stats(samples_ns: Sequence[int], calls: int) -> dict[str, Any] | None:
@@ -311,6 +336,7 @@ def cpu_ticks() -> tuple[int, int] | None:
 class _Samples:
     blocks: list[list[int]] = field(default_factory=list)
     switch_in: list[int] = field(default_factory=list)
+    compute: list[int] = field(default_factory=list)   # the runtime's own time per steady call
     spent: int = 0
     steal: int = 0           # jiffies stolen during this stitch's visits
     ticks: int = 0           # all jiffies during them
@@ -359,6 +385,7 @@ def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: Tim
     while active:
         for i in visit_order(active, rnd, last[0], seed):
             r, s = runners[i], got[i]
+            compute = getattr(r, "compute_ns", None)
             t_before = cpu_ticks()
             switched = last[0] is not None and last[0] != i
             if switched and proto.switch_calls:
@@ -370,6 +397,10 @@ def measure_blocks(runners: Mapping[Hashable, Runner], x: np.ndarray, proto: Tim
                 dt = _call(r, x)
                 block.append(dt)
                 spent += dt
+                if compute is not None:   # read after the timed call, outside it
+                    c = compute()
+                    if c:
+                        s.compute.append(int(c))
                 if s.spent + spent >= cap_ns:
                     break
             s.blocks.append(block)
@@ -426,8 +457,12 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
     last: list = [list(runners)[-1] if len(runners) > 1 else None]
     got = measure_blocks(runners, x, proto, lambda f: say("measure", f, ""), seed, last)
     switch: dict[Hashable, list[int]] = {i: list(s.switch_in) for i, s in got.items()}
-    stats = {i: LatencyStats.from_blocks(s.blocks, proto, seed, cpu_steal=_steal(s))
-             for i, s in got.items()}
+    def stats_of(i: Hashable, s: _Samples, **kw: Any) -> LatencyStats:
+        st = LatencyStats.from_blocks(s.blocks, proto, seed, cpu_steal=_steal(s), **kw)
+        st.compute = compute_stats(s.compute, st.median, getattr(runners[i], "compute_source", None))
+        return st
+
+    stats = {i: stats_of(i, s) for i, s in got.items()}
     for st in stats.values():
         st.dispersion_history.append(st.dispersion(metric))
 
@@ -460,8 +495,7 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
         for i, s in again.items():
             # A fresh attempt replaces the old one (no cherry-picking the best of several).
             history = stats[i].dispersion_history
-            stats[i] = LatencyStats.from_blocks(s.blocks, proto, seed, attempts=attempt,
-                                                cpu_steal=_steal(s))
+            stats[i] = stats_of(i, s, attempts=attempt)
             stats[i].dispersion_history = history + [stats[i].dispersion(metric)]
             switch[i].extend(s.switch_in)
     for i, s in stats.items():
@@ -477,6 +511,7 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
 def stats_record(stats: LatencyStats, proto: TimingProtocol) -> dict[str, Any]:
     """The timing part every profile record carries (host and device write the same fields)."""
     return {"latency_ms": stats.to_dict(), "switch_in_ms": stats.switch_in,
+            "compute_ms": stats.compute,
             "unstable": stats.unstable, "attempts": stats.attempts,
             "dispersion_history": [float(v) for v in stats.dispersion_history],
             "protocol": proto.to_dict()}
