@@ -192,9 +192,10 @@ def part_selection(work: Path, quick: bool) -> tuple[dict, Path]:
     print(f"   over {len(sel['selection_value'])} budgets: mean accuracy lost "
           f"{100 * np.mean(lost) if lost else 0:.2f} points"
           + (f" (95% interval {100 * vci[0]:.2f}-{100 * vci[1]:.2f})" if vci else "")
+          + f" ({iv.get('method')})"
           + f", max {100 * max(lost, default=0):.1f}; FLOPs pick over budget in {over}; Kendall tau "
-          + (f"95% interval {tci[0]:.3f}-{tci[1]:.3f}" if tci else "n/a")
-          + f" ({iv.get('method')}); load average {load_avg()}", flush=True)
+          + (f"{tci[0]:.3f}-{tci[1]:.3f}" if tci else "n/a")
+          + f" ({iv.get('kendall_tau_method')}); load average {load_avg()}", flush=True)
     print(f"   front ties (on the front, indistinguishable from a stitch that dominates them by "
           f"median): {sel.get('front_ties')}")
     rcv = [s["latency_ms"]["robust_cv"] for s in sel["stitches"] if s.get("latency_ms")]

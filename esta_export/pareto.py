@@ -69,6 +69,45 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
     return None if tau is None or np.isnan(tau) else float(tau)
 
 
+TAU_BOUND_METHOD = ("bounds: every pair of stitches whose latency intervals overlap (the pairs "
+                    "the front calls ties) counted as discordant for the lower end, concordant for "
+                    "the upper; pairs the intervals order keep their order")
+
+
+def kendall_tau_bounds(x: Sequence[float], y: Sequence[float],
+                       y_ci: Sequence[Sequence[float] | None]) -> list[float] | None:
+    """The lowest and highest Kendall tau-b of ``x`` against ``y`` when each ``y`` may lie anywhere
+    in its interval (``y_ci``; None = exactly known): the pairs whose intervals overlap are the
+    ones the measurements cannot order, so they count as discordant for the lower bound and as
+    concordant for the upper. The observed tau lies within by construction.
+
+    A resampling interval (draw every median from its interval, recompute tau) does not: with
+    wide intervals every draw scrambles pairs the observed medians have in order, so the draws'
+    taus sit below the observed one (0.744-0.859 around an observed 0.879 on the demo)."""
+    n = len(x)
+    if n < 2:
+        return None
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    lo = np.array([ya[k] if c is None else float(c[0]) for k, c in enumerate(y_ci)])
+    hi = np.array([ya[k] if c is None else float(c[1]) for k, c in enumerate(y_ci)])
+    i, j = np.triu_indices(n, 1)
+    sx = np.sign(xa[i] - xa[j])
+    sy = np.sign(ya[i] - ya[j])
+    unsure = (lo[i] <= hi[j]) & (lo[j] <= hi[i]) & ((hi[i] > lo[i]) | (hi[j] > lo[j]))
+    n_x = int(np.count_nonzero(sx))
+
+    def tau(resolved: np.ndarray) -> float | None:
+        n_y = int(np.count_nonzero(resolved))
+        return None if not n_x or not n_y else float(np.sum(sx * resolved) / np.sqrt(n_x * n_y))
+
+    # An unsure pair tied in x adds nothing to the numerator either way; resolved, it is no
+    # longer a tie in y.
+    up = np.where(unsure, np.where(sx != 0, sx, 1.0), sy)
+    down = np.where(unsure, np.where(sx != 0, -sx, 1.0), sy)
+    a, b = tau(down), tau(up)
+    return None if a is None or b is None else [a, b]
+
+
 def selection_value(rows: Sequence[dict[str, Any]], budgets: Sequence[float] | None = None
                     ) -> list[dict[str, Any]]:
     """Per latency budget: the best stitch by measured latency vs the one FLOPs would pick.
@@ -202,19 +241,17 @@ def _draw_latencies(rows: Sequence[dict[str, Any]], rng: np.random.Generator) ->
 
 def figure_intervals(rows: Sequence[dict[str, Any]], draws: int = 200, level: float = 0.95,
                      seed: int = 0) -> dict[str, Any]:
-    """Intervals for the selection value (mean accuracy lost over the point front's budgets) and
-    for Kendall's tau (FLOPs vs measured latency), from the medians' own intervals."""
+    """Intervals for the selection value (mean accuracy lost over the point front's budgets; a
+    parametric bootstrap, ``method``) and for Kendall's tau (FLOPs vs measured latency; bounds,
+    ``kendall_tau_method``), both from the medians' own intervals (``level``)."""
     meas = [r for r in rows if r.get("latency_source") == "measured" and r.get("flops") is not None
             and r.get("latency") is not None]
     base = selection_value(rows)
     budgets = [v["budget_ms"] for v in base]
     rng = np.random.default_rng(seed)
-    taus, values = [], []
-    for _ in range(draws):
+    values = []
+    for _ in range(draws if budgets else 0):
         drawn = _draw_latencies(meas, rng)
-        t = kendall_tau([r["flops"] for r in drawn], [r["latency"] for r in drawn])
-        if t is not None:
-            taus.append(t)
         if budgets:
             lost = [v["accuracy_lost"] for v in selection_value(drawn, budgets)
                     if v["accuracy_lost"] is not None]
@@ -226,7 +263,11 @@ def figure_intervals(rows: Sequence[dict[str, Any]], draws: int = 200, level: fl
         return None if not xs else [float(v) for v in np.quantile(xs, [a, 1 - a])]
 
     point_lost = [v["accuracy_lost"] for v in base if v["accuracy_lost"] is not None]
+    cis = [r.get("latency_ci") if isinstance(r.get("latency_ci"), (list, tuple))
+           and len(r["latency_ci"]) == 2 else None for r in meas]
     return {"method": DRAW_METHOD, "draws": draws, "level": level,
-            "kendall_tau_ci": interval(taus),
+            "kendall_tau_ci": kendall_tau_bounds([r["flops"] for r in meas],
+                                                 [r["latency"] for r in meas], cis),
+            "kendall_tau_method": TAU_BOUND_METHOD,
             "selection_value_mean": float(np.mean(point_lost)) if point_lost else None,
             "selection_value_mean_ci": interval(values)}

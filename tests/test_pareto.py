@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from esta_export.pareto import (figure_intervals, jaccard, pareto_front, pareto_front_intervals)
+from esta_export.pareto import (figure_intervals, jaccard, kendall_tau, kendall_tau_bounds, pareto_front,
+                                pareto_front_intervals)
 
 OBJ = [("accuracy", "max"), ("latency", "min")]
 
@@ -51,11 +52,35 @@ def test_figure_intervals_cover_the_point_values() -> None:
             for i in range(10)]
     out = figure_intervals(rows, draws=50)
     lo, hi = out["kendall_tau_ci"]
-    assert -1 <= lo <= hi <= 1 and out["level"] == 0.95 and "bootstrap" in out["method"]
+    tau = kendall_tau([r["flops"] for r in rows], [r["latency"] for r in rows])
+    assert -1 <= lo <= tau <= hi <= 1 and out["level"] == 0.95 and "bootstrap" in out["method"]
+    assert "overlap" in out["kendall_tau_method"]
     if out["selection_value_mean_ci"] is not None:
         a, b = out["selection_value_mean_ci"]
         assert 0 <= a <= b
     # Zero-width intervals give a zero-width tau interval at the point value.
     flat = [{**r, "latency_ci": [r["latency"], r["latency"]]} for r in rows]
     f = figure_intervals(flat, draws=20)
-    assert f["kendall_tau_ci"][0] == pytest.approx(f["kendall_tau_ci"][1])
+    assert f["kendall_tau_ci"][0] == pytest.approx(f["kendall_tau_ci"][1]) == pytest.approx(tau)
+
+
+def test_tau_bounds_hold_the_observed_tau_however_wide_the_intervals() -> None:
+    """A perfectly ordered family whose neighbours' intervals overlap: the observed tau (1.0) is
+    the upper end, never above the interval (a draw-and-recompute interval put it there); only
+    the pairs the intervals cannot order move the lower end; ties in FLOPs count as tau-b does."""
+    lat = [1.0, 2.0, 3.0, 4.0, 5.0]
+    flops = [1, 2, 3, 4, 5]
+    assert kendall_tau_bounds(flops, lat, [None] * 5) == pytest.approx([1.0, 1.0])
+    # +-0.6: the 4 neighbouring pairs overlap, the other 6 stay ordered: (6 - 4) / 10.
+    assert kendall_tau_bounds(flops, lat, [[v - 0.6, v + 0.6] for v in lat]) == pytest.approx([0.2, 1.0])
+    swapped = [1.0, 3.0, 2.0, 4.0, 5.0]
+    assert kendall_tau_bounds(flops, swapped, [[v - 0.1, v + 0.1] for v in swapped]) == \
+        pytest.approx([kendall_tau(flops, swapped)] * 2)
+    ties = [1, 1, 2, 3]
+    assert kendall_tau_bounds(ties, lat[:4], [None] * 4) == \
+        pytest.approx([kendall_tau(ties, lat[:4])] * 2)
+    rows = [row(i, 0.8 + 0.01 * i, v, [v * 0.7, v * 1.3], flops=f) for i, (v, f) in
+            enumerate(zip(lat, flops))]
+    lo, hi = figure_intervals(rows, draws=30)["kendall_tau_ci"]
+    assert lo < hi == pytest.approx(1.0)
+    assert kendall_tau_bounds([1], [1.0], [None]) is None

@@ -205,7 +205,9 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
         tci, vci = iv.get("kendall_tau_ci"), iv.get("selection_value_mean_ci")
         parts.append(f"<p>Kendall tau between FLOPs and latency: "
                      f"{_e('n/a' if tau is None else f'{tau:.3f}')}"
-                     + (f" ({_e(round(100 * iv['level']))}% interval {tci[0]:.3f} to {tci[1]:.3f})" if tci else "")
+                     + (f" ({tci[0]:.3f} to {tci[1]:.3f} with the pairs the latencies' "
+                        f"{_e(round(100 * iv['level']))}% intervals cannot order read either way)"
+                        if tci else "")
                      + " over "
                      f"{_e(sel.get('kendall_tau_n'))} measured stitches. FLOPs front: "
                      f"{_e(', '.join(map(str, sel.get('flops_front', []))))}. "
