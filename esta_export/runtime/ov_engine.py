@@ -53,8 +53,9 @@ class SyncRequest:
     copy (the request reuses its output buffer). The profiler (``backends/openvino.py``) and the
     bundle runtime both call this, so what is measured is what the application runs.
 
-    Binding a new ``ov.Tensor`` on every call cost about 28 us per call here (OpenVINO 2026.4, 2-core
-    Xeon), a few percent of a millisecond stitch that benchmark_app does not pay.
+    Binding a new ``ov.Tensor`` on every call cost 40-75 us more per call here (OpenVINO 2026.4,
+    2-core Xeon; ``benchmarks/bench_ov_overhead.py``), a few percent of a millisecond stitch that
+    benchmark_app does not pay.
     ``compute_ns`` is the request's own inference time of the last call (``InferRequest.latency``,
     what benchmark_app reports), next to the wall time the caller sees."""
 
