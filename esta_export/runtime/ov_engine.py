@@ -132,8 +132,9 @@ class OpenVinoSession:
     compute_source = COMPUTE_SOURCE
 
     def compute_ns(self) -> int | None:
-        """The calling thread's last inference time as OpenVINO measured it (see SyncRequest)."""
-        return self._request().compute_ns()
+        """The calling thread's last ``run`` as OpenVINO measured it (see SyncRequest): the sum
+        over its slices when a static-batch IR ran a larger batch in several inferences."""
+        return getattr(self._local, "compute", None)
 
     def run(self, output_names, feeds: dict):
         (x,) = feeds.values()
@@ -141,6 +142,12 @@ class OpenVinoSession:
         req = self._request()
         step = self._static_batch or len(x)
         if step >= len(x):
-            return [req(x)]
-        outs = [req(x[i:i + step]) for i in range(0, len(x), step)]
+            out = req(x)
+            self._local.compute = req.compute_ns()
+            return [out]
+        outs, total = [], 0
+        for i in range(0, len(x), step):
+            outs.append(req(x[i:i + step]))
+            total += req.compute_ns() or 0
+        self._local.compute = total or None
         return [outs[0] if len(outs) == 1 else np.concatenate(outs)]
