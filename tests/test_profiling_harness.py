@@ -204,6 +204,12 @@ def test_remeasure_goes_on_only_while_re_measures_reach_the_goal() -> None:
     # one more (1 of 3: below half), and the last is left alone.
     stats = profile_runners({"a": calming(), **{k: jittery() for k in "bcd"}}, inputs=x, **kw)
     assert not stats["a"].unstable and [stats[k].attempts for k in "abcd"] == [2, 2, 2, 1]
+    # A later attempt does not re-probe the stitches the failed probe spared: with two
+    # re-measures allowed, the probe's verdict still stands ('a' did not improve, so it stops too),
+    # and attempts counts the measurements each stitch really had.
+    stats = profile_runners({k: jittery() for k in "abcd"}, inputs=x, **{**kw, "max_remeasure": 2})
+    assert [stats[k].attempts for k in "abcd"] == [2, 1, 1, 1]
+    assert all(len(s.dispersion_history) == s.attempts for s in stats.values())
     # remeasure_probe 0: every unstable stitch re-timed, as before
     stats = profile_runners({k: jittery() for k in "abcd"}, inputs=x, **{**kw, "remeasure_probe": 0})
     assert [stats[k].attempts for k in "abcd"] == [2, 2, 2, 2]

@@ -95,7 +95,9 @@ class TimingProtocol:
     # Re-measures go in groups of this many unstable stitches; the next group is re-timed only
     # while at least half of those re-timed so far reached the goal. Otherwise the machine is the
     # limit, not the moment (measured on a drifting VM: 0 of 35 re-measures reached the goal and
-    # they cost as much as the first pass). 0: every unstable stitch is re-timed.
+    # they cost as much as the first pass), and no later attempt re-times a stitch that was not
+    # re-timed yet (only those whose own re-measure lowered their dispersion go on). 0: every
+    # unstable stitch is re-timed.
     remeasure_probe: int = 3
     # A stitch stops being timed after this many seconds even if the count is not reached, so one
     # very slow stitch on a small board cannot stall the whole run (recorded: n tells the truth).
@@ -466,12 +468,16 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
     for st in stats.values():
         st.dispersion_history.append(st.dispersion(metric))
 
+    # Set once a probe group shows re-measures not reaching the goal: from then on only stitches
+    # whose own re-measure lowered their dispersion are timed again, never one not yet re-timed
+    # (a later attempt re-probing those would pay again for what the probe already answered).
+    machine_limited = False
     for attempt in range(2, proto.max_remeasure + 2):
         # Only stitches still above the goal whose previous attempt lowered the dispersion.
         shaky = {i: runners[i] for i, s in stats.items()
                  if s.dispersion(metric) > proto.cv_threshold
-                 and (len(s.dispersion_history) < 2
-                      or s.dispersion_history[-1]
+                 and (len(s.dispersion_history) < 2 and not machine_limited
+                      or len(s.dispersion_history) >= 2 and s.dispersion_history[-1]
                       < (1.0 - proto.remeasure_min_gain) * s.dispersion_history[-2])}
         if not shaky:
             break
@@ -485,6 +491,7 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
                 hits = sum(LatencyStats.from_blocks(again[i].blocks, proto, seed).dispersion(metric)
                            <= proto.cv_threshold for i in again)
                 if hits < REMEASURE_MIN_SUCCESS * len(again):
+                    machine_limited = True
                     break  # re-measures are not reaching the goal here: the rest would only cost time
             part = {i: shaky[i] for i in group}
             for i, r in part.items():  # the machine may have been disturbed: warm up again
@@ -495,7 +502,8 @@ def profile_runners(runners: Mapping[Hashable, Runner], input_shape: Sequence[in
         for i, s in again.items():
             # A fresh attempt replaces the old one (no cherry-picking the best of several).
             history = stats[i].dispersion_history
-            stats[i] = stats_of(i, s, attempts=attempt)
+            # attempts counts the measurements this stitch really had (one per history entry)
+            stats[i] = stats_of(i, s, attempts=stats[i].attempts + 1)
             stats[i].dispersion_history = history + [stats[i].dispersion(metric)]
             switch[i].extend(s.switch_in)
     for i, s in stats.items():
