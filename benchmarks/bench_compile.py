@@ -17,8 +17,10 @@ QDQ int8), ``intel-cpu`` (OpenVINO fp32) and ``intel-cpu-int8`` (OpenVINO + NNCF
 Method: every artifact of a case is loaded in this process and timed at batch 1 with the
 project's protocol (esta_export.profiling.harness) in rounds: each round runs one block per runtime
 (ONNX Runtime: cpu + cpu-int8; OpenVINO: intel-cpu + intel-cpu-int8; block order alternates),
-each block warms up by time and count and then times its artifacts call by call in interleaved
-rounds (start rotated), so machine drift hits all alike. Runtimes get separate blocks because
+each block is one ``profile_runners`` call: it warms its artifacts up by time and count and times
+them in visits of consecutive calls (>= block_calls and >= block_ms each, what an application
+sees), rotated in a new order per round so machine drift hits all alike; the first call after a
+switch is kept out of the samples. Runtimes get separate blocks because
 calling ORT and OpenVINO alternately in one process slows OpenVINO about 10x on 2 cores (ORT's
 intra-op threads spin after each run and take the cores OpenVINO's threads need: demo Ti 1.07 ms
 alone vs 11.8 ms interleaved call by call), which no application sees. Latency = median of all
