@@ -25,9 +25,13 @@ def compiled(tmp_path_factory) -> Path:
 
 def test_candidates_and_representatives() -> None:
     c = candidates("onnxruntime", 2)
-    assert len(c) == 8 and {x["threads"] for x in c} == {1, 2}
-    assert {(x["intra_op_spinning"], x["share_weights"]) for x in c} == {
+    assert len(c) == 6 and {x["threads"] for x in c} == {1, 2}
+    assert {(x["intra_op_spinning"], x["share_weights"]) for x in c if x["threads"] == 2} == {
         (a, b) for a in (False, True) for b in (False, True)}
+    # one thread: no intra-op pool, so no spinning twin to time
+    assert {(x["intra_op_spinning"], x["share_weights"]) for x in c if x["threads"] == 1} == {
+        (False, False), (False, True)}
+    assert len(candidates("onnxruntime", 1)) == 2
     ov = candidates("openvino", 1)
     assert {x["performance_hint"] for x in ov} == {"LATENCY", "THROUGHPUT"}
     assert {x["cpu_pinning"] for x in ov} == {True, False} and len(ov) == 4
